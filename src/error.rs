@@ -1,0 +1,36 @@
+//! Error types, each naming the side (client, upstream, internal) and the peer where there is one.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// A configuration that cannot be used; each variant names the key path and, where known, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("config syntax{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Syntax { line: Option<usize>, message: String },
+    #[error("{key}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+/// Failures of the proxy at start or at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("io_uring is unavailable: {0}")]
+    UringUnavailable(String),
+    #[error("internal: cannot bind listener `{name}` on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("internal: {what}: {source}")]
+    Internal { what: String, source: io::Error },
+}

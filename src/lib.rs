@@ -1,0 +1,35 @@
+//! sssonector: a Linux TCP proxy whose data plane runs on io_uring.
+//!
+//! # Layout
+//!
+//! - [`config`]: YAML configuration (the spec's `connection:` section, listeners, workers),
+//!   defaults and validation with key paths and line numbers.
+//! - [`error`]: `thiserror` enums, tagged by side (client, upstream, internal).
+//! - [`uring`]: ring setup, kernel feature probe, `user_data` encoding.
+//! - [`buffer`]: the per-worker buffer registry: one mmap'd region, registered as fixed
+//!   buffers and published as a provided-buffer ring; slot ownership and the ENOBUFS wait list.
+//! - [`conn`]: the per-worker connection table (slab with generations).
+//! - [`relay`]: one session's two directions: receive, send, half-close, backpressure.
+//! - [`worker`]: one thread, one ring, its listeners, its table; the completion loop.
+//! - [`metrics`]: counters each worker publishes, and their descriptions.
+//! - [`loadgen`]: the load generator behind `sssonector demo` and the benchmarks.
+//! - [`demo`]: `sssonector demo`: the proxy on the embedded default config, in front of a
+//!   built-in echo upstream, under a short load.
+//!
+//! [`start`] binds every listener, spawns the workers and returns a [`ProxyHandle`].
+
+pub mod buffer;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod error;
+pub mod loadgen;
+pub mod metrics;
+pub mod relay;
+pub mod uring;
+pub mod worker;
+
+pub use config::Config;
+pub use error::{ConfigError, ProxyError};
+pub use metrics::StatsSnapshot;
+pub use worker::{start, ProxyHandle};

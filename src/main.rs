@@ -1,0 +1,116 @@
+//! The `sssonector` command line: arguments, logging, config loading and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sssonector::{Config, ProxyError};
+
+/// A Linux TCP proxy on io_uring with warm upstream pools, admission control and health checks.
+#[derive(Parser, Debug)]
+#[command(name = "sssonector", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (YAML).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Listen address for a single listener, instead of (or on top of) a config file.
+    #[arg(long, requires = "upstream")]
+    listen: Option<String>,
+    /// Upstream address for the `--listen` listener; repeat for several endpoints.
+    #[arg(long)]
+    upstream: Vec<String>,
+    /// Worker threads (`auto` or a number); overrides the config file.
+    #[arg(long)]
+    workers: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the configuration and print it with every default filled in.
+    Check,
+    /// Run the proxy on the embedded default config in front of a built-in echo upstream,
+    /// drive a short load through it and print what it measured.
+    Demo {
+        /// Stop after this long (e.g. `30s`); without it the demo runs until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SSSONECTOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Some(Command::Demo { duration }) => report(sssonector::demo::run(duration)),
+        Some(Command::Check) => match load_config(&cli) {
+            Ok(config) => {
+                print!("{}", config.to_effective_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(e)),
+        },
+        None => match load_config(&cli) {
+            Ok(config) => report(run(config)),
+            Err(e) => report(Err(e)),
+        },
+    }
+}
+
+/// Builds the config from `--config` and/or `--listen/--upstream/--workers`.
+fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
+    let config = Config::from_cli(
+        cli.config.as_deref(),
+        cli.listen.as_deref(),
+        &cli.upstream,
+        cli.workers.as_deref(),
+    )?;
+    Ok(config)
+}
+
+fn run(config: Config) -> Result<(), ProxyError> {
+    let handle = sssonector::start(config)?;
+    let trigger = handle.shutdown_trigger();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
+        .map_err(|source| ProxyError::Internal {
+            what: "cannot install signal handlers".into(),
+            source,
+        })?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down");
+            trigger.trigger();
+        }
+    });
+    handle.wait()
+}
+
+/// Maps a result to the exit code: 0 ok, 2 bad config or usage, 1 runtime failure.
+fn report(result: Result<(), ProxyError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sssonector: {e}");
+            match e {
+                ProxyError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
