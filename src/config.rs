@@ -220,13 +220,15 @@ impl Config {
             l.resolved.clear();
             for u in &l.upstreams {
                 use std::net::ToSocketAddrs;
-                let addr = u.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-                    ConfigError::Invalid {
+                let addr = u
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| ConfigError::Invalid {
                         key: format!("listeners[{i}].upstreams"),
                         line: None,
                         message: format!("cannot resolve `{u}`"),
-                    }
-                })?;
+                    })?;
                 l.resolved.push(addr);
             }
         }

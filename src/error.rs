@@ -9,7 +9,10 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: String, source: io::Error },
     #[error("config syntax{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-    Syntax { line: Option<usize>, message: String },
+    Syntax {
+        line: Option<usize>,
+        message: String,
+    },
     #[error("{key}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Invalid {
         key: String,

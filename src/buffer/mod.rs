@@ -1,1 +1,284 @@
-//! placeholder
+//! The per-worker buffer registry: one mmap'd region of fixed-size slots, registered with
+//! the ring as fixed buffers and published through a provided-buffer ring, so the kernel
+//! takes a slot only when data arrives and an idle session holds none.
+//!
+//! Ownership: a slot is either in the provided ring (the kernel's to take), or held by
+//! exactly one session direction (received data not yet fully sent), plus one reference
+//! per zero-copy send whose notification has not arrived. It goes back to the ring only
+//! when its last reference is released.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::Submitter;
+
+/// Buffer group id of the one provided-buffer ring each worker has.
+pub const BUFFER_GROUP: u16 = 0;
+
+/// The kernel's limit on provided-ring entries, and so on slots per worker.
+pub const MAX_SLOTS: usize = 32768;
+/// The kernel's limit on registered fixed buffers (`UIO_MAXIOV`-sized table).
+const MAX_FIXED: usize = 16384;
+
+/// Whether fixed-buffer registration worked; decided per worker, warned about once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Registered,
+    /// Registration failed (usually `RLIMIT_MEMLOCK`); receives still use the provided
+    /// ring, sends use plain `send`.
+    Unregistered,
+}
+
+static MEMLOCK_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// An anonymous private mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions;
+        // the result is checked against MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; the registry outlives every op
+        // that may touch the region (the worker waits for all completions before dropping it).
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+/// One worker's slots.
+pub struct BufferRegistry {
+    region: Mapping,
+    ring: Mapping,
+    slot_size: usize,
+    count: usize,
+    ring_mask: u16,
+    /// Our copy of the ring tail; the kernel reads the shared one.
+    tail: u16,
+    /// References per slot: 0 = in the provided ring.
+    refs: Vec<u16>,
+    in_use: usize,
+    in_use_max: usize,
+    allocations: u64,
+    registration: Registration,
+}
+
+impl BufferRegistry {
+    /// Maps `count` slots of `slot_size` bytes and a provided ring able to hold them all.
+    pub fn new(count: usize, slot_size: usize) -> io::Result<BufferRegistry> {
+        if count == 0 || count > MAX_SLOTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{count} buffer slots per worker; 1..={MAX_SLOTS} supported"),
+            ));
+        }
+        let ring_entries = count.next_power_of_two();
+        let ring_bytes = ring_entries * std::mem::size_of::<BufRingEntry>();
+        Ok(BufferRegistry {
+            region: Mapping::new(count * slot_size)?,
+            ring: Mapping::new(ring_bytes)?,
+            slot_size,
+            count,
+            ring_mask: (ring_entries - 1) as u16,
+            tail: 0,
+            refs: vec![0; count],
+            in_use: 0,
+            in_use_max: 0,
+            allocations: 0,
+            registration: Registration::Unregistered,
+        })
+    }
+
+    /// Registers the region as fixed buffers (falling back when memlock forbids it) and
+    /// the provided ring, then publishes every slot.
+    pub fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<Registration> {
+        self.registration = self.register_fixed(submitter);
+        // SAFETY: the ring mapping is page aligned, sized for `ring_mask + 1` entries, and
+        // lives as long as the registry, which the worker drops only after the ring.
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                self.ring.ptr as u64,
+                self.ring_mask + 1,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        for slot in 0..self.count {
+            self.push_to_ring(slot as u16);
+        }
+        self.publish_tail();
+        Ok(self.registration)
+    }
+
+    fn register_fixed(&self, submitter: &Submitter<'_>) -> Registration {
+        if self.count > MAX_FIXED {
+            warn_once(format_args!(
+                "{} buffer slots per worker exceed the {MAX_FIXED} fixed buffers io_uring can register; sending with plain send",
+                self.count
+            ));
+            return Registration::Unregistered;
+        }
+        let iovecs: Vec<libc::iovec> = (0..self.count)
+            .map(|i| libc::iovec {
+                // SAFETY: i < count, so the offset stays inside the region.
+                iov_base: unsafe { self.region.ptr.add(i * self.slot_size) }.cast(),
+                iov_len: self.slot_size,
+            })
+            .collect();
+        // SAFETY: every iovec points into the region, which outlives the ring.
+        match unsafe { submitter.register_buffers(&iovecs) } {
+            Ok(()) => Registration::Registered,
+            Err(e) => {
+                let needed = self.count * self.slot_size;
+                let limit = memlock_limit();
+                warn_once(format_args!(
+                    "cannot register {needed} bytes of buffers with io_uring ({e}); the locked-memory limit is {limit}. \
+                     Running with unregistered buffers and plain sends. Fix: raise RLIMIT_MEMLOCK \
+                     (`ulimit -l unlimited`, Docker `--ulimit memlock=-1`) or grant CAP_IPC_LOCK"
+                ));
+                Registration::Unregistered
+            }
+        }
+    }
+
+    pub fn registration(&self) -> Registration {
+        self.registration
+    }
+
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    pub fn in_use_max(&self) -> usize {
+        self.in_use_max
+    }
+
+    pub fn allocations(&self) -> u64 {
+        self.allocations
+    }
+
+    /// Records that the kernel filled `slot` for a receive: the caller now holds it.
+    pub fn take(&mut self, slot: u16) {
+        let refs = &mut self.refs[slot as usize];
+        debug_assert_eq!(*refs, 0, "slot {slot} taken twice");
+        *refs = 1;
+        self.in_use += 1;
+        self.in_use_max = self.in_use_max.max(self.in_use);
+        self.allocations += 1;
+    }
+
+    /// Adds a reference to a held slot (a zero-copy send awaiting its notification).
+    pub fn retain(&mut self, slot: u16) {
+        self.refs[slot as usize] += 1;
+    }
+
+    /// Drops one reference; the slot goes back to the ring with its last one.
+    /// Returns whether it did.
+    pub fn release(&mut self, slot: u16) -> bool {
+        let refs = &mut self.refs[slot as usize];
+        debug_assert!(*refs > 0, "slot {slot} released while free");
+        *refs -= 1;
+        if *refs > 0 {
+            return false;
+        }
+        self.in_use -= 1;
+        self.push_to_ring(slot);
+        self.publish_tail();
+        true
+    }
+
+    /// The address of `len` bytes at `offset` in `slot`.
+    pub fn ptr(&self, slot: u16, offset: usize) -> *const u8 {
+        debug_assert!((slot as usize) < self.count && offset <= self.slot_size);
+        // SAFETY: slot < count and offset <= slot_size keep the pointer inside the region
+        // (or one past a slot's end, which is never dereferenced with a non-zero length).
+        unsafe { self.region.ptr.add(slot as usize * self.slot_size + offset) }
+    }
+
+    /// The bytes a receive put at the start of `slot`.
+    pub fn bytes(&self, slot: u16, len: usize) -> &[u8] {
+        let len = len.min(self.slot_size);
+        // SAFETY: in bounds as in `ptr`; the slot is held by the caller (refs > 0), so the
+        // kernel is not writing into it.
+        unsafe { std::slice::from_raw_parts(self.ptr(slot, 0), len) }
+    }
+
+    fn push_to_ring(&mut self, slot: u16) {
+        let index = (self.tail & self.ring_mask) as usize;
+        // SAFETY: index <= ring_mask, inside the ring mapping; the kernel does not read an
+        // entry at or past the tail we have published, so writing it races with nothing.
+        unsafe {
+            let entry = &mut *self.ring.ptr.cast::<BufRingEntry>().add(index);
+            entry.set_addr(self.ptr(slot, 0) as u64);
+            entry.set_len(self.slot_size as u32);
+            entry.set_bid(slot);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish_tail(&self) {
+        // SAFETY: the tail field overlays entry 0's reserved field, inside the mapping, and
+        // is only ever accessed atomically; the release store orders the entry writes
+        // before the kernel sees the new tail.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring.ptr.cast::<BufRingEntry>()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+fn memlock_limit() -> String {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return "unknown".into();
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} bytes", lim.rlim_cur)
+    }
+}
+
+fn warn_once(msg: std::fmt::Arguments<'_>) {
+    if !MEMLOCK_WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("{msg}");
+    }
+}
