@@ -144,3 +144,88 @@ fn one_gib_single_session() {
     assert_eq!(total, TOTAL);
     proxy.stop();
 }
+
+#[test]
+fn idle_sessions_hold_no_buffers() {
+    const SESSIONS: usize = 2000;
+    let up = Upstream::echo();
+    let proxy = start_proxy_with(&[&[up.addr]], 1, "  buffer:\n    max_pool_size: 64\n");
+    let mut clients = Vec::with_capacity(SESSIONS);
+    for _ in 0..SESSIONS {
+        clients.push(TcpStream::connect(proxy.addr()).expect("connect"));
+    }
+    let idle = proxy.wait_for("all sessions established", |s| {
+        s.total.sessions_active == SESSIONS as u64 && up.accepted.load(std::sync::atomic::Ordering::SeqCst) >= SESSIONS
+    });
+    assert_eq!(idle.total.buffer_slots_total, 64);
+    assert_eq!(idle.total.buffer_slots_in_use, 0, "idle sessions hold no slot");
+    // Every session talks at once: 2000 directions compete for 64 slots.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut msg = vec![0u8; 1024];
+        Pattern::new(i as u64 + 7).fill(&mut msg);
+        c.write_all(&msg).expect("write");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut msg = vec![0u8; 1024];
+        Pattern::new(i as u64 + 7).fill(&mut msg);
+        let mut back = vec![0u8; 1024];
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.read_exact(&mut back).unwrap_or_else(|e| panic!("session {i}: {e}"));
+        assert_eq!(back, msg, "session {i}");
+    }
+    let s = proxy.stats();
+    assert!(s.total.buffer_slots_in_use_max <= 64, "{s:#?}");
+    assert_eq!(s.total.buffer_slots_total, 64);
+    assert!(s.total.buffer_allocations >= 2 * SESSIONS as u64);
+    drop(clients);
+    proxy.wait_for("all closed", |s| s.total.sessions_active == 0);
+    proxy.stop();
+}
+
+#[test]
+fn slow_reader_holds_at_most_its_cap() {
+    const TOTAL: usize = 100 << 20;
+    // An upstream that sends 100 MiB as soon as a client arrives.
+    let source = Upstream::start(|mut conn| {
+        let mut p = Pattern::new(9);
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..TOTAL / buf.len() {
+            p.fill(&mut buf);
+            if conn.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let echo = Upstream::echo();
+    let proxy = start_proxy_with(
+        &[&[source.addr], &[echo.addr]],
+        1,
+        "  buffer:\n    max_pool_size: 16\n    max_in_flight: 2\n",
+    );
+    let mut slow = TcpStream::connect(proxy.addrs[0]).unwrap();
+    // Let the proxy fill the client's socket buffers and stall.
+    std::thread::sleep(Duration::from_millis(800));
+    let stalled = proxy.stats();
+    assert!(stalled.total.buffer_slots_in_use <= 2, "{stalled:#?}");
+    assert!(stalled.total.buffer_slots_in_use_max <= 2, "{stalled:#?}");
+    assert!(stalled.total.bytes_upstream_to_client < TOTAL as u64, "the slow session is stalled");
+    // Meanwhile other sessions relay.
+    for i in 0..20u64 {
+        let mut payload = vec![0u8; 256 * 1024];
+        Pattern::new(i + 100).fill(&mut payload);
+        let payload = std::sync::Arc::new(payload);
+        let back = echo_session(proxy.addrs[1], payload.clone(), i);
+        assert!(back == *payload, "session {i} through the other listener");
+    }
+    // The slow reader then gets every byte, in order.
+    let mut p = Pattern::new(9);
+    let mut expect = vec![0u8; 1 << 20];
+    let mut got = vec![0u8; 1 << 20];
+    for _ in 0..TOTAL / got.len() {
+        slow.read_exact(&mut got).unwrap();
+        p.fill(&mut expect);
+        assert!(got == expect);
+    }
+    assert_eq!(read_to_end(&mut slow).unwrap().len(), 0);
+    proxy.stop();
+}

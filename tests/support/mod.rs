@@ -105,7 +105,7 @@ impl Upstream {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let listener = listen_local(4096);
         let addr = listener.local_addr().expect("upstream addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -161,6 +161,17 @@ impl Drop for Upstream {
             let _ = t.join();
         }
     }
+}
+
+/// A listener on 127.0.0.1:0 with a backlog deep enough for thousands of connects at once.
+pub fn listen_local(backlog: i32) -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("reuseaddr");
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    s.bind(&addr.into()).expect("bind");
+    s.listen(backlog).expect("listen");
+    s.into()
 }
 
 /// An address nothing listens on.
