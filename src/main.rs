@@ -87,10 +87,12 @@ fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
 fn run(config: Config) -> Result<(), ProxyError> {
     let handle = sssonector::start(config)?;
     let trigger = handle.shutdown_trigger();
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
-        .map_err(|source| ProxyError::Internal {
-            what: "cannot install signal handlers".into(),
-            source,
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {
+            ProxyError::Internal {
+                what: "cannot install signal handlers".into(),
+                source,
+            }
         })?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
