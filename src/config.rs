@@ -133,10 +133,29 @@ impl<'de> Deserialize<'de> for Workers {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// `host:port` endpoints; a single string is accepted for a single endpoint.
+    #[serde(deserialize_with = "one_or_many")]
     pub upstreams: Vec<String>,
     /// Resolved addresses of `upstreams`, filled in by validation, one entry per upstream.
     #[serde(skip)]
     pub resolved: Vec<SocketAddr>,
+}
+
+/// `upstreams: a:1` as well as `upstreams: [a:1, b:2]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "a `host:port` string or a list of them expected"
+    )]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// The spec's `connection:` section.
@@ -531,9 +550,12 @@ fn parse_unvalidated(text: &str) -> Result<Config, ConfigError> {
         if key == "." {
             key = top.to_string();
         }
-        let line = inner
-            .location()
-            .map(|l| l.line())
+        // The key's own line when it is written out: serde's location is where the
+        // deserializer stopped, which for buffered (untagged) values is the parent.
+        let line = locate::locate(text, &key)
+            .filter(|l| l.exact)
+            .map(|l| l.line)
+            .or_else(|| inner.location().map(|l| l.line()))
             .or_else(|| locate::line_of(text, &key));
         invalid(&key, line, message)
     })
@@ -560,6 +582,10 @@ fn strip_location(message: &str) -> String {
             let consumed = " at line ".len() + line_no.len() + 1 + column.len() + 1 + col_no.len();
             owned.replace_range(i..i + consumed, "");
         }
+    }
+    // serde names our Rust types ("expected struct PoolConfig"); YAML users see mappings.
+    if let Some(i) = owned.find("expected struct ") {
+        owned.replace_range(i.., "expected a mapping");
     }
     let mut m = owned.as_str();
     // serde_yaml prefixes nested errors with its own path (`connection.pool: ...`).

@@ -252,6 +252,15 @@ fn demo_config() {
 }
 
 #[test]
+fn single_upstream_string() {
+    let c = Config::parse(
+        "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: 127.0.0.1:2\n",
+    )
+    .expect("a single upstream string parses");
+    assert_eq!(c.listeners[0].upstreams, vec!["127.0.0.1:2".to_string()]);
+}
+
+#[test]
 fn durations() {
     for (text, want) in [
         ("500ms", Duration::from_millis(500)),
@@ -544,6 +553,11 @@ fn invalid_cases() -> Vec<Bad> {
             &["listeners[0].upstreams (line 4)", "at least one upstream"],
         ),
         bad(
+            "upstreams of the wrong type",
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: {a: 1}\n",
+            &["listeners[0].upstreams (line 4)", "host:port"],
+        ),
+        bad(
             "upstream without port",
             "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - 127.0.0.1\n",
             &["listeners[0].upstreams[0] (line 5)", "host:port"],
@@ -656,7 +670,7 @@ fn invalid_cases() -> Vec<Bad> {
         bad_conn(
             "wrong type: scalar for section",
             "connection:\n  pool: yes\n",
-            &["connection.pool (line 7)", "invalid type"],
+            &["connection.pool (line 7)", "expected a mapping"],
         ),
         bad_conn("workers 0", "workers: 0\n", &["workers (line 6)", "1..1024"]),
         bad_conn("workers too many", "workers: 5000\n", &["workers (line 6)", "1..1024"]),
