@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: String, source: io::Error },
-    #[error("config syntax{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    #[error("YAML syntax error{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Syntax {
         line: Option<usize>,
         message: String,
@@ -18,6 +18,13 @@ pub enum ConfigError {
         key: String,
         line: Option<usize>,
         message: String,
+    },
+    /// Any of the above, from the named file. Not a `source`: the Display shows it
+    /// already, and a chain printer would repeat it.
+    #[error("{path}: {error}")]
+    File {
+        path: String,
+        error: Box<ConfigError>,
     },
 }
 

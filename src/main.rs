@@ -16,14 +16,14 @@ struct Cli {
     /// Configuration file (YAML).
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
-    /// Listen address for a single listener, instead of (or on top of) a config file.
-    #[arg(long, requires = "upstream")]
+    /// Listen address for a listener named `cli`, instead of (or on top of) a config file.
+    #[arg(long, global = true)]
     listen: Option<String>,
     /// Upstream address for the `--listen` listener; repeat for several endpoints.
-    #[arg(long)]
+    #[arg(long, global = true)]
     upstream: Vec<String>,
     /// Worker threads (`auto` or a number); overrides the config file.
-    #[arg(long)]
+    #[arg(long, global = true)]
     workers: Option<String>,
 }
 

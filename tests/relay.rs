@@ -155,10 +155,14 @@ fn idle_sessions_hold_no_buffers() {
         clients.push(TcpStream::connect(proxy.addr()).expect("connect"));
     }
     let idle = proxy.wait_for("all sessions established", |s| {
-        s.total.sessions_active == SESSIONS as u64 && up.accepted.load(std::sync::atomic::Ordering::SeqCst) >= SESSIONS
+        s.total.sessions_active == SESSIONS as u64
+            && up.accepted.load(std::sync::atomic::Ordering::SeqCst) >= SESSIONS
     });
     assert_eq!(idle.total.buffer_slots_total, 64);
-    assert_eq!(idle.total.buffer_slots_in_use, 0, "idle sessions hold no slot");
+    assert_eq!(
+        idle.total.buffer_slots_in_use, 0,
+        "idle sessions hold no slot"
+    );
     // Every session talks at once: 2000 directions compete for 64 slots.
     for (i, c) in clients.iter_mut().enumerate() {
         let mut msg = vec![0u8; 1024];
@@ -170,7 +174,8 @@ fn idle_sessions_hold_no_buffers() {
         Pattern::new(i as u64 + 7).fill(&mut msg);
         let mut back = vec![0u8; 1024];
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        c.read_exact(&mut back).unwrap_or_else(|e| panic!("session {i}: {e}"));
+        c.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("session {i}: {e}"));
         assert_eq!(back, msg, "session {i}");
     }
     let s = proxy.stats();
@@ -208,7 +213,10 @@ fn slow_reader_holds_at_most_its_cap() {
     let stalled = proxy.stats();
     assert!(stalled.total.buffer_slots_in_use <= 2, "{stalled:#?}");
     assert!(stalled.total.buffer_slots_in_use_max <= 2, "{stalled:#?}");
-    assert!(stalled.total.bytes_upstream_to_client < TOTAL as u64, "the slow session is stalled");
+    assert!(
+        stalled.total.bytes_upstream_to_client < TOTAL as u64,
+        "the slow session is stalled"
+    );
     // Meanwhile other sessions relay.
     for i in 0..20u64 {
         let mut payload = vec![0u8; 256 * 1024];
