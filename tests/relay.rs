@@ -178,10 +178,16 @@ fn idle_sessions_hold_no_buffers() {
             .unwrap_or_else(|e| panic!("session {i}: {e}"));
         assert_eq!(back, msg, "session {i}");
     }
-    let s = proxy.stats();
+    // Each session took a slot each way; the registry never had more than its 64.
+    let s = proxy.wait_for("counters published", |s| {
+        s.total.buffer_allocations >= 2 * SESSIONS as u64
+    });
     assert!(s.total.buffer_slots_in_use_max <= 64, "{s:#?}");
     assert_eq!(s.total.buffer_slots_total, 64);
-    assert!(s.total.buffer_allocations >= 2 * SESSIONS as u64);
+    assert!(
+        s.total.buffer_waits > 0,
+        "the ENOBUFS wait list was exercised: {s:#?}"
+    );
     drop(clients);
     proxy.wait_for("all closed", |s| s.total.sessions_active == 0);
     proxy.stop();
@@ -235,5 +241,129 @@ fn slow_reader_holds_at_most_its_cap() {
         assert!(got == expect);
     }
     assert_eq!(read_to_end(&mut slow).unwrap().len(), 0);
+    proxy.stop();
+}
+
+#[test]
+fn client_half_close_passes_fin_and_keeps_the_other_way() {
+    // The upstream reads until EOF, then answers with what it counted and closes.
+    let up = Upstream::start(|mut conn| {
+        let got = read_to_end(&mut conn).map(|b| b.len()).unwrap_or(0);
+        let _ = conn.write_all(format!("got {got}").as_bytes());
+    });
+    let proxy = start_proxy(up.addr);
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(&vec![7u8; 300_000]).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = read_to_end(&mut c).unwrap();
+    assert_eq!(answer, b"got 300000");
+    proxy.wait_for("closed", |s| {
+        s.total.sessions_total == 1 && s.total.sessions_active == 0
+    });
+    drop(c);
+    proxy.stop();
+}
+
+#[test]
+fn upstream_half_close_passes_fin_and_keeps_the_other_way() {
+    // The upstream greets, closes its sending side, then still reads everything.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let up = Upstream::start(move |mut conn| {
+        conn.write_all(b"banner").unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let got = read_to_end(&mut conn).unwrap();
+        tx.send(got).unwrap();
+    });
+    let proxy = start_proxy(up.addr);
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    assert_eq!(
+        read_to_end(&mut c).unwrap(),
+        b"banner",
+        "data, then the FIN"
+    );
+    // Our sending side still works after the upstream's FIN.
+    c.write_all(b"after the fin").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(got, b"after the fin");
+    proxy.wait_for("closed", |s| {
+        s.total.sessions_total == 1 && s.total.sessions_active == 0
+    });
+    proxy.stop();
+}
+
+#[test]
+fn refused_upstream_closes_the_client_promptly() {
+    let proxy = start_proxy(closed_port());
+    let started = std::time::Instant::now();
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let r = c.read(&mut buf);
+    assert!(matches!(r, Ok(0)) || r.is_err(), "closed, got {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "promptly: {:?}",
+        started.elapsed()
+    );
+    let s = proxy.wait_for("error counted", |s| {
+        s.total.upstream_connect_errors == 1 && s.total.sessions_active == 0
+    });
+    assert_eq!(s.total.sessions_total, 1);
+    drop(c);
+    proxy.stop();
+}
+
+#[test]
+fn client_reset_resets_the_upstream() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let up = Upstream::start(move |mut conn| {
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).unwrap();
+        // Wait for what the client's RST becomes on this side.
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = conn.read(&mut [0u8; 16]);
+        tx.send(r.map_err(|e| e.kind())).unwrap();
+    });
+    let proxy = start_proxy(up.addr);
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(b"hello").unwrap();
+    proxy.wait_for("relayed", |s| s.total.bytes_client_to_upstream == 5);
+    reset(&c);
+    drop(c);
+    let r = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        r,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the reset is passed on"
+    );
+    let s = proxy.wait_for("closed", |s| {
+        s.total.sessions_active == 0 && s.total.sessions_total == 1
+    });
+    assert_eq!(s.total.client_errors, 1);
+    proxy.stop();
+}
+
+#[test]
+fn upstream_reset_resets_the_client() {
+    let up = Upstream::start(|mut conn| {
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).unwrap();
+        reset(&conn);
+    });
+    let proxy = start_proxy(up.addr);
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(b"hello").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = c.read(&mut [0u8; 16]);
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let s = proxy.wait_for("closed", |s| {
+        s.total.sessions_active == 0 && s.total.sessions_total == 1
+    });
+    assert_eq!(s.total.upstream_errors, 1);
+    drop(c);
     proxy.stop();
 }

@@ -200,6 +200,26 @@ impl Pattern {
     }
 }
 
+/// Makes dropping `conn` send an RST instead of a FIN.
+pub fn reset(conn: &TcpStream) {
+    socket2::SockRef::from(conn)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+}
+
+/// Waits (up to 5 s) for this process's fd count to come back to `expected`, and returns
+/// the last count: connection threads of test upstreams close their sockets a little late.
+pub fn settle_fds(expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = open_fds();
+        if n == expected || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Open fds of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
