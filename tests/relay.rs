@@ -367,3 +367,56 @@ fn upstream_reset_resets_the_client() {
     drop(c);
     proxy.stop();
 }
+
+/// 40 sessions of up to 1 MiB each, byte-exact, through a proxy with `connection` settings.
+fn integrity_with(workers: usize, connection: &str) -> sssonector::StatsSnapshot {
+    use rand::{Rng, SeedableRng};
+    let up = Upstream::echo();
+    let proxy = start_proxy_with(&[&[up.addr]], workers, connection);
+    let addr = proxy.addr();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(workers as u64);
+    let threads: Vec<_> = (0..40u64)
+        .map(|i| {
+            let mut payload = vec![0u8; rng.gen_range(1..=1 << 20)];
+            Pattern::new(i + 3).fill(&mut payload);
+            let payload = std::sync::Arc::new(payload);
+            std::thread::spawn(move || echo_session(addr, payload.clone(), i) == *payload)
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert!(
+            t.join().unwrap(),
+            "session {i} ({connection:?}) not byte-exact"
+        );
+    }
+    let s = proxy.wait_for("closed", |s| {
+        s.total.sessions_total == 40 && s.total.sessions_active == 0
+    });
+    assert_eq!(
+        s.total.buffer_slots_in_use, 0,
+        "every slot returned ({connection:?})"
+    );
+    proxy.stop();
+    s
+}
+
+#[test]
+fn every_send_mode_relays_byte_exact() {
+    for mode in ["send", "fixed", "zerocopy", "auto"] {
+        integrity_with(1, &format!("  buffer:\n    send_mode: {mode}\n"));
+    }
+}
+
+#[test]
+fn two_workers_share_the_load() {
+    let s = integrity_with(2, "  buffer:\n    max_pool_size: 100\n");
+    assert_eq!(s.per_worker.len(), 2);
+    assert!(
+        s.per_worker.iter().all(|w| w.buffer_slots_total == 50),
+        "ceil(100 / 2) each: {s:#?}"
+    );
+    assert!(
+        s.per_worker.iter().all(|w| w.sessions_total > 0),
+        "SO_REUSEPORT spreads clients: {s:#?}"
+    );
+}

@@ -109,8 +109,28 @@ pub enum RingFlavor {
 }
 
 /// Builds one worker's ring: `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has it
-/// (6.1+), else `COOP_TASKRUN`, else a plain ring.
+/// (6.1+), else `COOP_TASKRUN`, else a plain ring. Rings are charged to the locked-memory
+/// limit; on ENOMEM the ring is halved (down to 64 entries) before giving up.
 pub fn build_ring(entries: u32) -> Result<(IoUring, RingFlavor), ProxyError> {
+    let mut entries = entries;
+    loop {
+        match build_ring_of(entries) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && entries > 64 => {
+                entries /= 2;
+                tracing::debug!(entries, "io_uring_setup: ENOMEM, trying a smaller ring");
+            }
+            Err(e) => return Err(unavailable(e)),
+            Ok((ring, flavor)) => {
+                if entries < 1024 {
+                    tracing::warn!(entries, "the locked-memory limit allows only a small io_uring; raise RLIMIT_MEMLOCK for full speed");
+                }
+                return Ok((ring, flavor));
+            }
+        }
+    }
+}
+
+fn build_ring_of(entries: u32) -> io::Result<(IoUring, RingFlavor)> {
     let cq = entries.saturating_mul(4);
     let attempts: [(RingFlavor, fn(&mut io_uring::Builder)); 3] = [
         (RingFlavor::DeferTaskrun, |b| {
@@ -121,7 +141,7 @@ pub fn build_ring(entries: u32) -> Result<(IoUring, RingFlavor), ProxyError> {
         }),
         (RingFlavor::Plain, |_| {}),
     ];
-    let mut last = None;
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
     for (flavor, apply) in attempts {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(cq).setup_submit_all();
@@ -129,13 +149,11 @@ pub fn build_ring(entries: u32) -> Result<(IoUring, RingFlavor), ProxyError> {
         match builder.build(entries) {
             Ok(ring) => return Ok((ring, flavor)),
             // EINVAL: this kernel does not know the flag; try the next flavour.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            Err(e) => return Err(unavailable(e)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = e,
+            Err(e) => return Err(e),
         }
     }
-    Err(unavailable(last.unwrap_or_else(|| {
-        io::Error::from_raw_os_error(libc::EINVAL)
-    })))
+    Err(last)
 }
 
 /// Turns a ring setup failure into one sentence that says why and how to fix it.
