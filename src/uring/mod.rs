@@ -167,7 +167,7 @@ fn unavailable(e: io::Error) -> ProxyError {
         Some(libc::EPERM) if disabled > 0 => format!(
             "kernel.io_uring_disabled is {disabled} (EPERM); set it to 0 with `sysctl -w kernel.io_uring_disabled=0`"
         ),
-        Some(libc::EPERM) => "io_uring_setup was refused (EPERM), most likely by a seccomp profile; in Docker run with `--security-opt seccomp=docker/seccomp.json`".to_string(),
+        Some(libc::EPERM) => "io_uring_setup was refused (EPERM), most likely by a seccomp profile (Docker's default refuses it); allow io_uring_setup, io_uring_enter and io_uring_register in the profile".to_string(),
         Some(libc::ENOMEM) => "io_uring_setup ran out of memory (ENOMEM); raise the memlock limit (`ulimit -l unlimited`, Docker `--ulimit memlock=-1`)".to_string(),
         _ => format!("io_uring_setup failed: {e}"),
     };
@@ -222,6 +222,17 @@ mod tests {
         let t = Token::new(0, 1, OpKind::Accept);
         assert_eq!(Token::decode(t.encode()), Some(t));
         assert_eq!(Token::decode(0), None);
+    }
+
+    #[test]
+    fn unavailable_says_why_and_how_to_fix_it() {
+        let msg = |errno| unavailable(io::Error::from_raw_os_error(errno)).to_string();
+        assert!(msg(libc::ENOSYS).contains("ENOSYS"));
+        assert!(msg(libc::ENOSYS).contains("Linux >= 6.1"));
+        let eperm = msg(libc::EPERM);
+        assert!(eperm.contains("EPERM"), "{eperm}");
+        assert!(eperm.contains("io_uring_disabled") || eperm.contains("seccomp"), "{eperm}");
+        assert!(msg(libc::ENOMEM).contains("memlock"));
     }
 
     #[test]
