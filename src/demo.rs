@@ -82,9 +82,16 @@ pub fn run(duration: Option<Duration>) -> Result<(), ProxyError> {
 
     println!();
     println!("The proxy keeps listening on {addr} in front of the echo upstream:");
-    println!("  nc {} {}    (type a line, it comes back)", addr.ip(), addr.port());
+    println!(
+        "  nc {} {}    (type a line, it comes back)",
+        addr.ip(),
+        addr.port()
+    );
     match duration {
-        Some(d) => println!("Stops after {} in all, or on Ctrl-C.", humantime::format_duration(d)),
+        Some(d) => println!(
+            "Stops after {} in all, or on Ctrl-C.",
+            humantime::format_duration(d)
+        ),
         None => println!("Ctrl-C stops it."),
     }
 

@@ -730,7 +730,19 @@ mod tests {
 
     #[test]
     fn histogram_buckets_bound_their_values() {
-        for v in [0u64, 1, 31, 32, 63, 64, 65, 1000, 123_456, 9_999_999, u64::MAX / 3] {
+        for v in [
+            0u64,
+            1,
+            31,
+            32,
+            63,
+            64,
+            65,
+            1000,
+            123_456,
+            9_999_999,
+            u64::MAX / 3,
+        ] {
             let idx = Histogram::index(v);
             assert!(Histogram::upper_bound(idx) >= v, "v={v}");
             // Within ~3% (one sub-bucket) of the value.

@@ -20,7 +20,10 @@ fn request_response_counts_are_exact() {
     assert!(r.latency.p50 <= r.latency.p99 && r.latency.p99 <= r.latency.max);
     // What the echo server saw agrees with what the generator counted.
     let s = echo.stats();
-    assert_eq!(s.bytes_in.load(std::sync::atomic::Ordering::Relaxed), 5000 * 64);
+    assert_eq!(
+        s.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+        5000 * 64
+    );
     assert_eq!(s.connections.load(std::sync::atomic::Ordering::Relaxed), 8);
 }
 
@@ -59,17 +62,21 @@ fn bulk_counts_are_exact() {
 #[test]
 fn idle_sessions_stay_open() {
     let echo = Upstream::start(ServerKind::Echo).expect("echo upstream");
-    let socks = loadgen::idle_sessions(echo.addr(), 200, Duration::from_secs(20)).expect("sessions");
+    let socks =
+        loadgen::idle_sessions(echo.addr(), 200, Duration::from_secs(20)).expect("sessions");
     assert_eq!(socks.len(), 200);
     assert_eq!(
-        echo.stats().connections.load(std::sync::atomic::Ordering::Relaxed),
+        echo.stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
         200
     );
     // Still usable after the generator's runtime is gone.
     use std::io::{Read, Write};
     let mut s = &socks[0];
     s.set_nonblocking(false).expect("blocking");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     s.write_all(b"x").expect("write");
     let mut b = [0u8; 1];
     s.read_exact(&mut b).expect("read");
