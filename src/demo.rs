@@ -23,6 +23,9 @@ listeners:
   - name: demo
     listen: 127.0.0.1:0
     upstreams: [\"127.0.0.1:9\"]
+connection:
+  monitoring:
+    metrics_interval: 1s
 ";
 
 const RR_CONNECTIONS: usize = 32;
@@ -61,7 +64,9 @@ pub fn run(duration: Option<Duration>) -> Result<(), ProxyError> {
         .map_err(internal("cannot install signal handlers"))?;
 
     let echo = Upstream::start(ServerKind::Echo).map_err(internal("cannot start echo upstream"))?;
-    let handle = crate::start(demo_config(echo.addr())?)?;
+    let config = demo_config(echo.addr())?;
+    let metrics_interval = config.connection.monitoring.metrics_interval;
+    let handle = crate::start(config)?;
     let addr = handle
         .listen_addrs()
         .first()
@@ -73,6 +78,9 @@ pub fn run(duration: Option<Duration>) -> Result<(), ProxyError> {
 
     let before = handle.stats();
     let load = drive_load(addr);
+    // Workers publish their counters once per metrics interval: wait one (capped, so a long
+    // interval does not stall the demo) before reading what the load did.
+    std::thread::sleep((metrics_interval + Duration::from_millis(100)).min(Duration::from_secs(2)));
     let after = handle.stats();
     match &load {
         Ok(out) => print!("{out}"),
@@ -187,8 +195,6 @@ fn print_stats(before: &StatsSnapshot, after: &StatsSnapshot) {
         "    errors          connect {} (timeouts {}), client {}, upstream {}",
         a.upstream_connect_errors, a.upstream_connect_timeouts, a.client_errors, a.upstream_errors
     );
-    // Counters are published once per metrics tick, so the last moments may not show yet.
-    println!("    (counters are published by the workers once per metrics interval)");
 }
 
 #[cfg(test)]
