@@ -902,8 +902,9 @@ fn main() {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"));
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-compare-{}", std::process::id()));
+    // One work dir, emptied at each start: it keeps the last run's configs and logs only.
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-compare");
+    let _ = fs::remove_dir_all(&work);
     if let Err(e) = fs::create_dir_all(&work) {
         eprintln!("bench-compare: cannot create {}: {e}", work.display());
         std::process::exit(1);
