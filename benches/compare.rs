@@ -1,0 +1,1014 @@
+//! Side by side: sssonector (1 worker), HAProxy (`mode tcp`, `nbthread 1`) and nginx (`stream`, `worker_processes 1`), each a separate process in front of the same built-in upstreams on loopback.
+//!
+//! `cargo bench --bench compare` (full) or `cargo bench --bench compare -- --quick`.
+//! Measures, on a fresh proxy process per measurement:
+//! - bulk throughput of one stream, upload (to a sink) and download (from a source), MiB/s;
+//! - 64-byte request/response over 50 connections for a fixed time: requests/s, latency, and
+//!   the proxy's CPU time (utime+stime of its processes, from /proc/PID/stat) per request;
+//! - RSS per idle session: proxy VmRSS (summed over its processes) after opening 4000
+//!   established sessions, minus before, divided by 4000.
+//!
+//! Prints a table with ratios and writes it as markdown to `<target dir>/bench-compare.md`.
+//! A missing peer binary is skipped with a message (a failure when `CI=true`); a proxy that
+//! fails to start or to carry the load is reported as `failed: ...` for that measurement.
+//! Every child runs in its own process group, killed on drop, on panic and on Ctrl-C.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sssonector::loadgen::{self, Bulk, BulkMode, RequestResponse, ServerKind, Upstream};
+
+const MIB: u64 = 1024 * 1024;
+const RR_CONNECTIONS: usize = 50;
+const RR_PAYLOAD: usize = 64;
+const IDLE_SESSIONS: usize = 4000;
+/// File descriptors the bench process and its children may need: 4000 client sockets plus
+/// 4000 accepted upstream sockets here, and 8000 in the proxy.
+const NOFILE: u64 = 20000;
+
+struct Params {
+    quick: bool,
+    bulk_bytes: u64,
+    rr_duration: Duration,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+/// Process groups of live children, so the Ctrl-C handler can kill them too.
+static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// A proxy under test; its whole process group (nginx's master and worker) dies with it.
+struct Proc {
+    child: Child,
+    name: &'static str,
+    stderr_path: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> io::Result<Proc> {
+        let stdout_path = dir.join(format!("{name}.stdout"));
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        // Files, not pipes: nobody drains a pipe during a run, and a full pipe would stall the proxy.
+        cmd.stdout(Stdio::from(fs::File::create(&stdout_path)?))
+            .stderr(Stdio::from(fs::File::create(&stderr_path)?))
+            .stdin(Stdio::null())
+            // Its own group, so one kill reaches every process it forks.
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot run {:?}: {e}", cmd.get_program()))
+        })?;
+        if let Ok(mut g) = LIVE_GROUPS.lock() {
+            g.push(child.id() as i32);
+        }
+        Ok(Proc {
+            child,
+            name,
+            stderr_path,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until every port accepts a connection; fails early if the process exits.
+    fn wait_ready(&mut self, ports: &[u16], limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        for &port in ports {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Err(format!(
+                        "{} exited at start ({status}): {}",
+                        self.name,
+                        self.stderr_tail()
+                    ));
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if start.elapsed() > limit {
+                    return Err(format!(
+                        "{} did not listen on {addr} within {limit:?}: {}",
+                        self.name,
+                        self.stderr_tail()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// The process has exited (crashed) since it started.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "{} exited ({status}): {}",
+                self.name,
+                self.stderr_tail()
+            )),
+            _ => None,
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        // A Rust panic says what happened on the line after `panicked at`; show that pair
+        // rather than the last lines of a backtrace.
+        let tail = match lines.iter().position(|l| l.contains("panicked at")) {
+            Some(i) => lines[i..lines.len().min(i + 2)].join(" "),
+            None => lines[lines.len().saturating_sub(3)..].join(" | "),
+        };
+        if tail.is_empty() {
+            "(no stderr)".into()
+        } else {
+            tail
+        }
+    }
+
+    /// The pids of this process and all its descendants.
+    fn tree(&self) -> Vec<u32> {
+        process_tree(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pgid = self.child.id() as i32;
+        kill_group(pgid);
+        let _ = self.child.wait();
+        if let Ok(mut g) = LIVE_GROUPS.lock() {
+            g.retain(|&p| p != pgid);
+        }
+    }
+}
+
+/// On Ctrl-C or SIGTERM, kill every child group before exiting (Drop does not run then).
+fn install_signal_cleanup() {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]) else {
+        eprintln!("warning: cannot install signal handlers; Ctrl-C may leave proxies running");
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            if let Ok(g) = LIVE_GROUPS.lock() {
+                for &pgid in g.iter() {
+                    kill_group(pgid);
+                }
+            }
+            eprintln!("bench-compare: interrupted (signal {sig}); children killed");
+            std::process::exit(130);
+        }
+    });
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the plain struct we pass by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = NOFILE.min(lim.rlim_max);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------------------------
+
+/// (ppid, utime + stime in ticks) from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if let Some((ppid, _)) = proc_stat(pid) {
+                    parents.push((pid, ppid));
+                }
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut seen: HashSet<u32> = HashSet::from([root]);
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        for &(pid, ppid) in &parents {
+            if ppid == p && seen.insert(pid) {
+                tree.push(pid);
+            }
+        }
+        i += 1;
+    }
+    tree
+}
+
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| proc_stat(p))
+        .map(|(_, t)| t)
+        .sum()
+}
+
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Sssonector,
+    Haproxy,
+    Nginx,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Sssonector => "sssonector",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+}
+
+/// A proxy to measure: where its binary is and how to start it.
+struct Proxy {
+    kind: Kind,
+    bin: PathBuf,
+    version: String,
+    /// `load_module` line for nginx's stream module, when it is built as a dynamic module.
+    nginx_stream_module: Option<PathBuf>,
+}
+
+/// The three listeners every proxy gets: to the echo, the sink and the source upstream.
+struct Ports {
+    echo: u16,
+    sink: u16,
+    source: u16,
+}
+
+struct Upstreams {
+    echo: Upstream,
+    sink: Upstream,
+    source: Upstream,
+}
+
+fn free_port() -> io::Result<u16> {
+    // The kernel picks a free port; it stays free until the proxy binds it a moment later
+    // (nothing else on this loopback-only bench races for it).
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn first_line(mut cmd: Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Where nginx's stream module .so is, if this nginx builds stream as a dynamic module.
+fn nginx_stream_module(nginx: &Path) -> Result<Option<PathBuf>, String> {
+    let out = Command::new(nginx)
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("cannot run nginx -V: {e}"))?;
+    let v =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    if v.contains("--with-stream ") || v.trim_end().ends_with("--with-stream") {
+        return Ok(None); // built in
+    }
+    if !v.contains("--with-stream=dynamic") {
+        return Err("this nginx has no stream module".into());
+    }
+    let mut candidates = vec![PathBuf::from("/usr/lib/nginx/modules/ngx_stream_module.so")];
+    // Debian enables it with a `load_module modules/...so;` line relative to /usr/share/nginx.
+    if let Ok(dir) = fs::read_dir("/etc/nginx/modules-enabled") {
+        for e in dir.flatten() {
+            if let Ok(text) = fs::read_to_string(e.path()) {
+                for word in text.split_whitespace() {
+                    let w = word.trim_end_matches(';');
+                    if w.ends_with("ngx_stream_module.so") {
+                        let p = PathBuf::from(w);
+                        candidates.push(if p.is_absolute() {
+                            p
+                        } else {
+                            Path::new("/usr/share/nginx").join(p)
+                        });
+                    }
+                }
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .map(Some)
+        .ok_or_else(|| {
+            "nginx's stream module is not installed (apt-get install libnginx-mod-stream)".into()
+        })
+}
+
+impl Proxy {
+    fn start(&self, dir: &Path, up: &Upstreams) -> Result<(Proc, Ports), String> {
+        let ports = (|| -> io::Result<Ports> {
+            Ok(Ports {
+                echo: free_port()?,
+                sink: free_port()?,
+                source: free_port()?,
+            })
+        })()
+        .map_err(|e| format!("cannot pick ports: {e}"))?;
+        let pairs = [
+            ("echo", ports.echo, up.echo.addr()),
+            ("sink", ports.sink, up.sink.addr()),
+            ("source", ports.source, up.source.addr()),
+        ];
+        let mut cmd;
+        match self.kind {
+            Kind::Sssonector => {
+                let mut y = String::from("workers: 1\nlisteners:\n");
+                for (name, port, u) in pairs {
+                    let _ = write!(
+                        y,
+                        "  - name: {name}\n    listen: 127.0.0.1:{port}\n    upstreams: [\"{u}\"]\n"
+                    );
+                }
+                // Room for the idle-session measurement (its default max_active is 1000).
+                y.push_str("connection:\n  pool:\n    max_active: 9000\n");
+                let path = dir.join("sssonector.yaml");
+                fs::write(&path, y).map_err(|e| format!("cannot write config: {e}"))?;
+                cmd = Command::new(&self.bin);
+                cmd.arg("--config")
+                    .arg(&path)
+                    .args(["--workers", "1"])
+                    .env("SSSONECTOR_LOG", "warn")
+                    // Keep a panic to its message: it ends up in the failure line.
+                    .env("RUST_BACKTRACE", "0");
+            }
+            Kind::Haproxy => {
+                // maxconn 9000: 2 fds per session stays under the 20000 fd hard limit.
+                let mut c = String::from(
+                    "global\n  nbthread 1\n  maxconn 9000\n\
+                     defaults\n  mode tcp\n  maxconn 9000\n  timeout connect 5s\n  \
+                     timeout client 1h\n  timeout server 1h\n",
+                );
+                for (name, port, u) in pairs {
+                    let _ = write!(
+                        c,
+                        "listen {name}\n  bind 127.0.0.1:{port}\n  server {name} {u}\n"
+                    );
+                }
+                let path = dir.join("haproxy.cfg");
+                fs::write(&path, c).map_err(|e| format!("cannot write config: {e}"))?;
+                cmd = Command::new(&self.bin);
+                cmd.arg("-db").arg("-f").arg(&path);
+            }
+            Kind::Nginx => {
+                let mut c = String::new();
+                if let Some(so) = &self.nginx_stream_module {
+                    let _ = writeln!(c, "load_module {};", so.display());
+                }
+                let _ = write!(
+                    c,
+                    "worker_processes 1;\nworker_rlimit_nofile {NOFILE};\npid {pid};\n\
+                     error_log {err} warn;\nevents {{ worker_connections 10000; }}\n\
+                     stream {{\n  proxy_connect_timeout 5s;\n  proxy_timeout 1h;\n  \
+                     proxy_half_close on;\n",
+                    pid = dir.join("nginx.pid").display(),
+                    err = dir.join("nginx-error.log").display(),
+                );
+                for (_, port, u) in pairs {
+                    let _ = writeln!(
+                        c,
+                        "  server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {u}; }}"
+                    );
+                }
+                c.push_str("}\n");
+                let path = dir.join("nginx.conf");
+                fs::write(&path, c).map_err(|e| format!("cannot write config: {e}"))?;
+                cmd = Command::new(&self.bin);
+                cmd.arg("-p")
+                    .arg(dir)
+                    .arg("-c")
+                    .arg(&path)
+                    .arg("-e")
+                    .arg(dir.join("nginx-error.log"))
+                    .args(["-g", "daemon off;"]);
+            }
+        }
+        let mut proc = Proc::spawn(self.kind.name(), cmd, dir).map_err(|e| e.to_string())?;
+        proc.wait_ready(
+            &[ports.echo, ports.sink, ports.source],
+            Duration::from_secs(10),
+        )?;
+        Ok((proc, ports))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Results {
+    bulk_up: Option<Result<f64, String>>,
+    bulk_down: Option<Result<f64, String>>,
+    rr_rps: Option<Result<f64, String>>,
+    rr_p50_us: Option<Result<f64, String>>,
+    rr_p99_us: Option<Result<f64, String>>,
+    cpu_us_per_req: Option<Result<f64, String>>,
+    rss_per_session: Option<Result<f64, String>>,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Attaches the proxy's own exit message if it died during the load.
+fn blame(proc: &mut Proc, e: io::Error) -> String {
+    match proc.exited() {
+        Some(died) => died,
+        None => e.to_string(),
+    }
+}
+
+fn measure_bulk(
+    p: &Proxy,
+    dir: &Path,
+    up: &Upstreams,
+    mode: BulkMode,
+    bytes: u64,
+) -> Result<f64, String> {
+    let (mut proc, ports) = p.start(dir, up)?;
+    let port = if mode == BulkMode::Sink {
+        ports.sink
+    } else {
+        ports.source
+    };
+    let mut cfg = Bulk::new(addr(port), mode, bytes);
+    cfg.timeout = Duration::from_secs(120);
+    let r = loadgen::bulk(&cfg).map_err(|e| blame(&mut proc, e))?;
+    Ok(r.mib_per_sec())
+}
+
+struct RrNumbers {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_req: f64,
+}
+
+fn measure_rr(
+    p: &Proxy,
+    dir: &Path,
+    up: &Upstreams,
+    duration: Duration,
+    hz: u64,
+) -> Result<RrNumbers, String> {
+    let (mut proc, ports) = p.start(dir, up)?;
+    // Warm-up: first-use allocations in the proxy stay out of the measured part.
+    let mut warm = RequestResponse::new(addr(ports.echo), RR_CONNECTIONS, RR_PAYLOAD);
+    warm.requests = Some(5000);
+    warm.timeout = Duration::from_secs(30);
+    loadgen::request_response(&warm).map_err(|e| blame(&mut proc, e))?;
+
+    let mut cfg = RequestResponse::new(addr(ports.echo), RR_CONNECTIONS, RR_PAYLOAD);
+    cfg.duration = Some(duration);
+    cfg.timeout = duration + Duration::from_secs(30);
+    let pids = proc.tree();
+    let cpu0 = cpu_ticks(&pids);
+    let r = loadgen::request_response(&cfg).map_err(|e| blame(&mut proc, e))?;
+    let cpu1 = cpu_ticks(&pids);
+    let cpu_s = (cpu1.saturating_sub(cpu0)) as f64 / hz as f64;
+    Ok(RrNumbers {
+        rps: r.requests_per_sec(),
+        p50_us: r.latency.p50.as_secs_f64() * 1e6,
+        p99_us: r.latency.p99.as_secs_f64() * 1e6,
+        cpu_us_per_req: cpu_s * 1e6 / r.requests.max(1) as f64,
+    })
+}
+
+/// Bytes of proxy RSS per established idle session.
+fn measure_idle(p: &Proxy, dir: &Path, up: &Upstreams) -> Result<f64, String> {
+    let (mut proc, ports) = p.start(dir, up)?;
+    // One session opened and closed first, so one-time setup is not charged to the sessions.
+    drop(
+        loadgen::idle_sessions(addr(ports.echo), 1, Duration::from_secs(10))
+            .map_err(|e| blame(&mut proc, e))?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = proc.tree();
+    let before = rss_kib(&pids);
+    let socks = loadgen::idle_sessions(addr(ports.echo), IDLE_SESSIONS, Duration::from_secs(60))
+        .map_err(|e| blame(&mut proc, e))?;
+    // Let the proxy finish whatever it does after the last echo before sampling.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(&proc.tree());
+    if let Some(died) = proc.exited() {
+        return Err(died);
+    }
+    drop(socks);
+    Ok((after.saturating_sub(before) * 1024) as f64 / IDLE_SESSIONS as f64)
+}
+
+fn run_proxy(p: &Proxy, dir: &Path, up: &Upstreams, params: &Params, hz: u64) -> Results {
+    let sub = dir.join(p.kind.name());
+    if let Err(e) = fs::create_dir_all(&sub) {
+        let err = Err(format!("cannot create {}: {e}", sub.display()));
+        return Results {
+            bulk_up: Some(err.clone()),
+            bulk_down: Some(err.clone()),
+            rr_rps: Some(err.clone()),
+            rr_p50_us: Some(err.clone()),
+            rr_p99_us: Some(err.clone()),
+            cpu_us_per_req: Some(err.clone()),
+            rss_per_session: Some(err),
+        };
+    }
+    let name = p.kind.name();
+    let mut r = Results::default();
+
+    eprintln!("[{name}] bulk upload {} MiB", params.bulk_bytes / MIB);
+    r.bulk_up = Some(measure_bulk(p, &sub, up, BulkMode::Sink, params.bulk_bytes));
+    report_line(name, "bulk upload MiB/s", &r.bulk_up);
+
+    eprintln!("[{name}] bulk download {} MiB", params.bulk_bytes / MIB);
+    r.bulk_down = Some(measure_bulk(
+        p,
+        &sub,
+        up,
+        BulkMode::Source,
+        params.bulk_bytes,
+    ));
+    report_line(name, "bulk download MiB/s", &r.bulk_down);
+
+    eprintln!(
+        "[{name}] request/response {RR_PAYLOAD} B x {RR_CONNECTIONS} connections, {:?}",
+        params.rr_duration
+    );
+    match measure_rr(p, &sub, up, params.rr_duration, hz) {
+        Ok(n) => {
+            r.rr_rps = Some(Ok(n.rps));
+            r.rr_p50_us = Some(Ok(n.p50_us));
+            r.rr_p99_us = Some(Ok(n.p99_us));
+            r.cpu_us_per_req = Some(Ok(n.cpu_us_per_req));
+        }
+        Err(e) => {
+            r.rr_rps = Some(Err(e.clone()));
+            r.rr_p50_us = Some(Err(e.clone()));
+            r.rr_p99_us = Some(Err(e.clone()));
+            r.cpu_us_per_req = Some(Err(e));
+        }
+    }
+    report_line(name, "requests/s", &r.rr_rps);
+    report_line(name, "CPU µs/request", &r.cpu_us_per_req);
+
+    eprintln!("[{name}] {IDLE_SESSIONS} idle sessions");
+    r.rss_per_session = Some(measure_idle(p, &sub, up));
+    report_line(name, "RSS bytes/idle session", &r.rss_per_session);
+    r
+}
+
+fn report_line(name: &str, what: &str, v: &Option<Result<f64, String>>) {
+    match v {
+        Some(Ok(x)) => eprintln!("[{name}]   {what}: {x:.1}"),
+        Some(Err(e)) => eprintln!("[{name}]   {what}: failed: {e}"),
+        None => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+struct Metric {
+    label: &'static str,
+    higher_is_better: bool,
+    decimals: usize,
+    get: fn(&Results) -> &Option<Result<f64, String>>,
+}
+
+const METRICS: &[Metric] = &[
+    Metric {
+        label: "bulk upload, 1 stream (MiB/s)",
+        higher_is_better: true,
+        decimals: 0,
+        get: |r| &r.bulk_up,
+    },
+    Metric {
+        label: "bulk download, 1 stream (MiB/s)",
+        higher_is_better: true,
+        decimals: 0,
+        get: |r| &r.bulk_down,
+    },
+    Metric {
+        label: "64 B req/resp, 50 conns (req/s)",
+        higher_is_better: true,
+        decimals: 0,
+        get: |r| &r.rr_rps,
+    },
+    Metric {
+        label: "req/resp latency p50 (µs)",
+        higher_is_better: false,
+        decimals: 0,
+        get: |r| &r.rr_p50_us,
+    },
+    Metric {
+        label: "req/resp latency p99 (µs)",
+        higher_is_better: false,
+        decimals: 0,
+        get: |r| &r.rr_p99_us,
+    },
+    Metric {
+        label: "proxy CPU per request (µs)",
+        higher_is_better: false,
+        decimals: 2,
+        get: |r| &r.cpu_us_per_req,
+    },
+    Metric {
+        label: "RSS per idle session (bytes, 4000 sessions)",
+        higher_is_better: false,
+        decimals: 0,
+        get: |r| &r.rss_per_session,
+    },
+];
+
+fn cell(v: &Option<Result<f64, String>>, decimals: usize) -> String {
+    match v {
+        Some(Ok(x)) => format!("{x:.decimals$}"),
+        Some(Err(_)) => "failed".into(),
+        None => "skipped".into(),
+    }
+}
+
+fn ok(v: &Option<Result<f64, String>>) -> Option<f64> {
+    match v {
+        Some(Ok(x)) => Some(*x),
+        _ => None,
+    }
+}
+
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// Rows of cells: header first. Ratios are sssonector ÷ peer (read with the metric's
+/// direction: above 1 is better for throughput, worse for latency, CPU and memory).
+fn table(results: &[(Kind, Results)]) -> Vec<Vec<String>> {
+    let get = |k: Kind| results.iter().find(|(kk, _)| *kk == k).map(|(_, r)| r);
+    let mut rows = vec![vec![
+        "metric".to_string(),
+        "better".to_string(),
+        "sssonector".into(),
+        "haproxy".into(),
+        "nginx".into(),
+        "sss ÷ haproxy".into(),
+        "sss ÷ nginx".into(),
+        "sss ÷ better peer".into(),
+    ]];
+    let none: Option<Result<f64, String>> = None;
+    for m in METRICS {
+        let v = |k: Kind| get(k).map(|r| (m.get)(r)).unwrap_or(&none);
+        let (s, h, n) = (v(Kind::Sssonector), v(Kind::Haproxy), v(Kind::Nginx));
+        let best = match (ok(h), ok(n)) {
+            (Some(a), Some(b)) => Some(if m.higher_is_better {
+                a.max(b)
+            } else {
+                a.min(b)
+            }),
+            (a, b) => a.or(b),
+        };
+        rows.push(vec![
+            m.label.to_string(),
+            if m.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            }
+            .into(),
+            cell(s, m.decimals),
+            cell(h, m.decimals),
+            cell(n, m.decimals),
+            ratio(ok(s), ok(h)),
+            ratio(ok(s), ok(n)),
+            ratio(ok(s), best),
+        ]);
+    }
+    rows
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let pad = widths[c] - s.chars().count();
+                if c == 0 {
+                    format!("{s}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{s}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        println!("{}", line.join("  "));
+        if i == 0 {
+            println!(
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (cols - 1))
+            );
+        }
+    }
+}
+
+fn markdown(
+    rows: &[Vec<String>],
+    results: &[(Kind, Results)],
+    proxies: &[(Kind, String)],
+    params: &Params,
+) -> String {
+    let mut md = String::from("# sssonector vs HAProxy vs nginx\n\n");
+    let _ = writeln!(
+        md,
+        "Mode: {}; bulk {} MiB per stream; request/response {RR_PAYLOAD} B over \
+         {RR_CONNECTIONS} connections for {:?}; {IDLE_SESSIONS} idle sessions.\n",
+        if params.quick { "quick" } else { "full" },
+        params.bulk_bytes / MIB,
+        params.rr_duration
+    );
+    let _ = writeln!(md, "Machine: {}\n", machine());
+    for (k, v) in proxies {
+        let _ = writeln!(md, "- {}: {v}", k.name());
+    }
+    md.push('\n');
+    let _ = writeln!(md, "| {} |", rows[0].join(" | "));
+    let _ = writeln!(
+        md,
+        "|{}|",
+        rows[0]
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i < 2 { "---" } else { "---:" })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in &rows[1..] {
+        let _ = writeln!(md, "| {} |", r.join(" | "));
+    }
+    md.push_str(
+        "\nRatios are sssonector ÷ peer: above 1 is better for throughput and requests/s, \
+         worse for latency, CPU and memory.\n",
+    );
+    let mut failures = String::new();
+    for (k, r) in results {
+        for m in METRICS {
+            if let Some(Err(e)) = (m.get)(r) {
+                let _ = writeln!(failures, "- {} / {}: failed: {e}", k.name(), m.label);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        md.push_str("\n## Failures\n\n");
+        md.push_str(&failures);
+    }
+    md
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), Linux {kernel}; loopback only; load generator, proxy and \
+         upstreams share the cores"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    // cargo bench passes `--bench`; anything we do not know is ignored on purpose.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let params = if quick {
+        Params {
+            quick,
+            bulk_bytes: 512 * MIB,
+            rr_duration: Duration::from_secs(3),
+        }
+    } else {
+        Params {
+            quick,
+            bulk_bytes: 2048 * MIB,
+            rr_duration: Duration::from_secs(10),
+        }
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    install_signal_cleanup();
+    raise_nofile();
+    let hz = clock_ticks_per_sec();
+
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    // One work dir, emptied at each start: it keeps the last run's configs and logs only.
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-compare");
+    let _ = fs::remove_dir_all(&work);
+    if let Err(e) = fs::create_dir_all(&work) {
+        eprintln!("bench-compare: cannot create {}: {e}", work.display());
+        std::process::exit(1);
+    }
+
+    let mut proxies = vec![Proxy {
+        kind: Kind::Sssonector,
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_sssonector")),
+        version: first_line({
+            let mut c = Command::new(env!("CARGO_BIN_EXE_sssonector"));
+            c.arg("--version");
+            c
+        }) + " (--workers 1)",
+        nginx_stream_module: None,
+    }];
+    let mut missing = Vec::new();
+    match find_in_path("haproxy") {
+        Some(bin) => {
+            let mut c = Command::new(&bin);
+            c.arg("-v");
+            proxies.push(Proxy {
+                kind: Kind::Haproxy,
+                version: first_line(c) + " (mode tcp, nbthread 1)",
+                bin,
+                nginx_stream_module: None,
+            });
+        }
+        None => missing.push("haproxy not found in PATH".to_string()),
+    }
+    match find_in_path("nginx") {
+        Some(bin) => match nginx_stream_module(&bin) {
+            Ok(module) => {
+                let mut c = Command::new(&bin);
+                c.arg("-v");
+                proxies.push(Proxy {
+                    kind: Kind::Nginx,
+                    version: first_line(c) + " (stream, worker_processes 1)",
+                    bin,
+                    nginx_stream_module: module,
+                });
+            }
+            Err(e) => missing.push(format!("nginx: {e}")),
+        },
+        None => missing.push("nginx not found in PATH".to_string()),
+    }
+    for m in &missing {
+        eprintln!("bench-compare: {m}; skipping it (benches/install-peers.sh installs the peers)");
+    }
+    if ci && !missing.is_empty() {
+        eprintln!("bench-compare: CI=true and a peer is missing: failing");
+        std::process::exit(1);
+    }
+
+    let upstreams = (|| -> io::Result<Upstreams> {
+        Ok(Upstreams {
+            echo: Upstream::start(ServerKind::Echo)?,
+            sink: Upstream::start(ServerKind::Sink)?,
+            source: Upstream::start(ServerKind::Source)?,
+        })
+    })();
+    let upstreams = match upstreams {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("bench-compare: cannot start upstreams: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for p in &proxies {
+        results.push((p.kind, run_proxy(p, &work, &upstreams, &params, hz)));
+    }
+    eprintln!(
+        "bench-compare: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let rows = table(&results);
+    println!();
+    println!("Machine: {}", machine());
+    for p in &proxies {
+        println!("  {}: {}", p.kind.name(), p.version);
+    }
+    println!();
+    print_table(&rows);
+    println!("\nRatios are sssonector ÷ peer: above 1 is better for throughput and requests/s, worse for latency, CPU and memory.");
+    let versions: Vec<(Kind, String)> = proxies
+        .iter()
+        .map(|p| (p.kind, p.version.clone()))
+        .collect();
+    let md = markdown(&rows, &results, &versions, &params);
+    let out = target_dir.join("bench-compare.md");
+    match fs::write(&out, md) {
+        Ok(()) => println!("written to {}", out.display()),
+        Err(e) => eprintln!("bench-compare: cannot write {}: {e}", out.display()),
+    }
+    // A peer that failed its measurements is a harness problem CI should see; sssonector's
+    // failures are reported but do not fail the run while its data plane is unfinished.
+    let peer_failed = results.iter().any(|(k, r)| {
+        *k != Kind::Sssonector && METRICS.iter().any(|m| matches!((m.get)(r), Some(Err(_))))
+    });
+    if ci && peer_failed {
+        eprintln!("bench-compare: CI=true and a peer measurement failed");
+        std::process::exit(1);
+    }
+}
