@@ -14,20 +14,6 @@ use crate::error::ProxyError;
 use crate::loadgen::{self, Bulk, BulkMode, RequestResponse, ServerKind, Upstream};
 use crate::metrics::StatsSnapshot;
 
-/// The demo config, as `configs/demo.yaml` will hold it once the config work lands
-/// (`config::DEMO_CONFIG`). The upstream is a placeholder that `run` replaces with the
-/// echo server's address.
-// TODO: switch to `crate::config::DEMO_CONFIG` when it exists.
-const DEMO_YAML: &str = "\
-listeners:
-  - name: demo
-    listen: 127.0.0.1:0
-    upstreams: [\"127.0.0.1:9\"]
-connection:
-  monitoring:
-    metrics_interval: 1s
-";
-
 const RR_CONNECTIONS: usize = 32;
 const RR_PAYLOAD: usize = 64;
 const RR_DURATION: Duration = Duration::from_secs(3);
@@ -42,7 +28,7 @@ fn internal(what: &str) -> impl FnOnce(io::Error) -> ProxyError + '_ {
 
 /// The default config with its listener pointed at `upstream`.
 pub fn demo_config(upstream: SocketAddr) -> Result<Config, ProxyError> {
-    let mut config = Config::parse(DEMO_YAML)?;
+    let mut config = Config::parse(crate::config::DEMO_CONFIG)?;
     let listener = config.listeners.first_mut().ok_or_else(|| {
         ProxyError::Config(crate::error::ConfigError::Invalid {
             key: "listeners".into(),
@@ -65,7 +51,6 @@ pub fn run(duration: Option<Duration>) -> Result<(), ProxyError> {
 
     let echo = Upstream::start(ServerKind::Echo).map_err(internal("cannot start echo upstream"))?;
     let config = demo_config(echo.addr())?;
-    let metrics_interval = config.connection.monitoring.metrics_interval;
     let handle = crate::start(config)?;
     let addr = handle
         .listen_addrs()
@@ -78,9 +63,8 @@ pub fn run(duration: Option<Duration>) -> Result<(), ProxyError> {
 
     let before = handle.stats();
     let load = drive_load(addr);
-    // Workers publish their counters once per metrics interval: wait one (capped, so a long
-    // interval does not stall the demo) before reading what the load did.
-    std::thread::sleep((metrics_interval + Duration::from_millis(100)).min(Duration::from_secs(2)));
+    // Workers publish their counters every 100 ms: wait for the last of the load to show.
+    std::thread::sleep(Duration::from_millis(250));
     let after = handle.stats();
     match &load {
         Ok(out) => print!("{out}"),

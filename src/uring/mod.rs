@@ -231,7 +231,10 @@ mod tests {
         assert!(msg(libc::ENOSYS).contains("Linux >= 6.1"));
         let eperm = msg(libc::EPERM);
         assert!(eperm.contains("EPERM"), "{eperm}");
-        assert!(eperm.contains("io_uring_disabled") || eperm.contains("seccomp"), "{eperm}");
+        assert!(
+            eperm.contains("io_uring_disabled") || eperm.contains("seccomp"),
+            "{eperm}"
+        );
         assert!(msg(libc::ENOMEM).contains("memlock"));
     }
 
