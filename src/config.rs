@@ -268,7 +268,7 @@ impl Default for BufferConfig {
         BufferConfig {
             size: 65536,
             max_pool_size: 1000,
-            max_in_flight: 2,
+            max_in_flight: 4,
             send_mode: SendMode::Auto,
         }
     }

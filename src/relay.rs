@@ -4,14 +4,19 @@
 
 use io_uring::cqueue;
 
-use crate::conn::{Chunk, State, CLIENT_TO_UPSTREAM};
-use crate::uring::{sys, OpKind, Token};
+use crate::conn::{State, CLIENT_TO_UPSTREAM};
+use crate::uring::{sys, OpKind, SendOp, Token};
 use crate::worker::Worker;
 
 impl Worker {
     /// Arms a receive on `dir`'s source unless it is already armed, finished, parked or at
     /// its cap of held slots.
     pub(crate) fn arm_recv(&mut self, key: usize, gen: u32, dir: usize) {
+        self.arm_recv_as(key, gen, dir, false);
+    }
+
+    /// Arms a receive; a `probe` completes at once with EAGAIN when nothing is queued.
+    fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) {
         let cap = self.settings.max_in_flight;
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
@@ -21,60 +26,71 @@ impl Worker {
             return;
         }
         let (src, _) = s.fds(dir);
-        s.dirs[dir].recv_armed = true;
+        let d = &mut s.dirs[dir];
+        d.recv_armed = true;
+        d.probing = probe;
         s.ops += 1;
         self.ring
-            .recv(src, Token::new(key, gen, OpKind::Recv).dir(dir));
+            .recv(src, probe, Token::new(key, gen, OpKind::Recv).dir(dir));
     }
 
+    /// A receive completed. A full slot means the source likely has more queued: while
+    /// nothing is being sent and the cap allows, probe for it before sending, so a bulk
+    /// stream goes out in vectored sends of up to `max_in_flight` slots (fewer, larger
+    /// writes cost the kernel less per byte) while each receive still takes one slot.
     pub(crate) fn on_recv(&mut self, key: usize, gen: u32, dir: usize, res: i32, flags: u32) {
         let slot = cqueue::buffer_select(flags);
-        if let Some(slot) = slot {
-            self.ring.buffers.take(slot);
-        }
+        let size = self.ring.buffers.slot_size();
+        let cap = self.settings.max_in_flight;
         let Some(s) = self.table.get_mut(key, gen) else {
+            self.drop_received(slot);
             return;
         };
+        let probing = std::mem::take(&mut s.dirs[dir].probing);
         s.dirs[dir].recv_armed = false;
         if s.state != State::Active {
-            if let Some(slot) = slot {
-                self.release_slot(slot);
-            }
+            self.drop_received(slot);
             return;
         }
         match (res, slot) {
             (n, Some(slot)) if n > 0 => {
-                s.dirs[dir].queue.push_back(Chunk {
-                    slot,
-                    offset: 0,
-                    len: n as u32,
-                });
+                let d = &mut s.dirs[dir];
+                self.ring.buffers.take(slot);
+                self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
+                let gather = n as usize == size && !d.sending && d.queue.len() < cap;
                 if dir == CLIENT_TO_UPSTREAM {
                     self.counters.bytes_client_to_upstream += n as u64;
                 } else {
                     self.counters.bytes_upstream_to_client += n as u64;
                 }
+                if gather {
+                    self.arm_recv_as(key, gen, dir, true);
+                } else {
+                    self.start_send(key, gen, dir);
+                    self.arm_recv(key, gen, dir);
+                }
+            }
+            (e, _) if probing && e == -libc::EAGAIN => {
+                // Nothing more queued: send what was gathered, then wait for data.
                 self.start_send(key, gen, dir);
                 self.arm_recv(key, gen, dir);
             }
             (0, _) => {
                 s.dirs[dir].eof = true;
-                if let Some(slot) = slot {
-                    self.release_slot(slot);
-                }
+                self.drop_received(slot);
+                self.start_send(key, gen, dir);
                 self.pass_fin(key, gen, dir);
             }
             (e, _) if e == -libc::ENOBUFS => {
                 s.dirs[dir].parked = true;
                 self.counters.buffer_waits += 1;
                 self.waiters.push_back((key, gen, dir));
-                // Slots may have come back between the kernel's try and now.
+                // What was gathered goes out; slots may have come back meanwhile.
+                self.start_send(key, gen, dir);
                 self.serve_waiters();
             }
             (e, slot) => {
-                if let Some(slot) = slot {
-                    self.release_slot(slot);
-                }
+                self.drop_received(slot);
                 if e != -libc::ECANCELED {
                     self.count_peer_error(dir, true, e);
                     self.begin_close(key, gen, true);
@@ -83,8 +99,9 @@ impl Worker {
         }
     }
 
-    /// Sends the oldest held chunk of `dir` unless a send is already in flight: sends of
-    /// one direction are serialised so a short send can never reorder bytes.
+    /// Sends what `dir` holds unless a send is already in flight: sends of one direction
+    /// are serialised so a short send can never reorder bytes. Several held slots go out
+    /// in one vectored send: fewer, larger writes cost the kernel less per byte.
     fn start_send(&mut self, key: usize, gen: u32, dir: usize) {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
@@ -93,22 +110,36 @@ impl Worker {
         if d.sending || s.state != State::Active {
             return;
         }
-        let Some(&chunk) = d.queue.front() else {
+        let queue = d.queue;
+        let Some(front) = self.ring.buffers.pending(&queue).next() else {
             return;
         };
         let (_, dst) = s.fds(dir);
         let remote = s.remote[dir];
         s.dirs[dir].sending = true;
         s.ops += 1;
-        let op = self.send_op(remote, chunk.len as usize);
-        self.ring.send(
-            dst,
-            op,
-            chunk.slot,
-            chunk.offset as usize,
-            chunk.len as usize,
-            Token::new(key, gen, OpKind::Send).dir(dir).slot(chunk.slot),
-        );
+        let op = self.send_op(remote, front.len);
+        let token = Token::new(key, gen, OpKind::Send).dir(dir);
+        if queue.len() > 1 && op == SendOp::Send {
+            let parts: Vec<_> = self.ring.buffers.pending(&queue).collect();
+            self.ring.send_vectored(
+                dst,
+                parts.into_iter(),
+                Token {
+                    op: OpKind::SendMsg,
+                    ..token
+                },
+            );
+        } else {
+            self.ring.send(
+                dst,
+                op,
+                front.slot,
+                front.offset,
+                front.len,
+                token.slot(front.slot),
+            );
+        }
     }
 
     pub(crate) fn on_send(
@@ -129,6 +160,16 @@ impl Worker {
             // A zero-copy send: its notification will follow and holds the slot till then.
             self.ring.buffers.retain(slot);
         }
+        self.on_sent(key, gen, dir, res);
+    }
+
+    pub(crate) fn on_send_msg(&mut self, key: usize, gen: u32, dir: usize, msg: u16, res: i32) {
+        self.ring.release_msg(msg);
+        self.on_sent(key, gen, dir, res);
+    }
+
+    /// A send of `dir` completed with `res`: drop what went out, go on.
+    fn on_sent(&mut self, key: usize, gen: u32, dir: usize, res: i32) {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
         };
@@ -143,17 +184,13 @@ impl Worker {
             }
             return;
         }
-        let d = &mut s.dirs[dir];
-        let Some(front) = d.queue.front_mut() else {
-            return;
-        };
-        let sent = res as u32;
-        front.offset += sent;
-        front.len = front.len.saturating_sub(sent);
-        if front.len == 0 {
-            let done = front.slot;
-            d.queue.pop_front();
-            self.release_slot(done);
+        if self
+            .ring
+            .buffers
+            .consume(&mut s.dirs[dir].queue, res as usize)
+            > 0
+        {
+            self.serve_waiters();
         }
         self.start_send(key, gen, dir);
         self.arm_recv(key, gen, dir);
@@ -176,6 +213,14 @@ impl Worker {
         s.dirs[dir].shut = true;
         if s.dirs.iter().all(|d| d.shut) {
             self.begin_close(key, gen, false);
+        }
+    }
+
+    /// Takes and at once hands back a slot a receive filled that no session can use.
+    pub(crate) fn drop_received(&mut self, slot: Option<u16>) {
+        if let Some(slot) = slot {
+            self.ring.buffers.take(slot);
+            self.release_slot(slot);
         }
     }
 
@@ -246,11 +291,13 @@ impl Worker {
         if s.state != State::Draining || s.ops > 0 {
             return;
         }
-        let s = self.table.remove(key);
-        for d in &s.dirs {
-            for chunk in &d.queue {
-                self.release_slot(chunk.slot);
-            }
+        let mut s = self.table.remove(key);
+        let mut recycled = 0;
+        for d in &mut s.dirs {
+            recycled += self.ring.buffers.clear(&mut d.queue);
+        }
+        if recycled > 0 {
+            self.serve_waiters();
         }
         sys::close(s.client_fd, s.reset);
         sys::close(s.upstream_fd, s.reset);

@@ -234,10 +234,7 @@ impl Worker {
         let key = token.key as usize;
         let Some(s) = self.table.get_mut(key, token.gen) else {
             // A completion for a freed slot: nothing of it can be in use any more.
-            if let Some(slot) = cqueue::buffer_select(flags) {
-                self.ring.buffers.take(slot);
-                self.release_slot(slot);
-            }
+            self.drop_received(cqueue::buffer_select(flags));
             return;
         };
         if !cqueue::more(flags) {
@@ -248,6 +245,9 @@ impl Worker {
             OpKind::Recv => self.on_recv(key, token.gen, token.dir as usize, res, flags),
             OpKind::Send => {
                 self.on_send(key, token.gen, token.dir as usize, token.slot, res, flags)
+            }
+            OpKind::SendMsg => {
+                self.on_send_msg(key, token.gen, token.dir as usize, token.slot, res)
             }
             OpKind::ConnectTimeout | OpKind::Cancel => {}
             OpKind::Accept | OpKind::Tick | OpKind::Wake => {}
@@ -430,7 +430,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         wake_fds,
     });
     let settings = Settings {
-        max_in_flight: conn.buffer.max_in_flight.max(1),
+        max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
         send_mode: conn.buffer.send_mode,
     };
 

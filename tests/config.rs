@@ -53,7 +53,7 @@ fn spec_defaults() -> ConnectionConfig {
         buffer: BufferConfig {
             size: 65536,
             max_pool_size: 1000,
-            max_in_flight: 2,
+            max_in_flight: 4,
             send_mode: SendMode::Auto,
         },
         monitoring: MonitoringConfig {
@@ -414,7 +414,7 @@ fn cli_check_prints_filled_defaults() {
         "fall: 3",
         "size: 65536",
         "max_pool_size: 1000",
-        "max_in_flight: 2",
+        "max_in_flight: 4",
         "send_mode: auto",
         "metrics_interval: 1m",
         "listen: 127.0.0.1:9090",

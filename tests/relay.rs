@@ -195,6 +195,12 @@ fn idle_sessions_hold_no_buffers() {
 
 #[test]
 fn slow_reader_holds_at_most_its_cap() {
+    for cap in [1, 4] {
+        slow_reader_with_cap(cap);
+    }
+}
+
+fn slow_reader_with_cap(cap: u64) {
     const TOTAL: usize = 100 << 20;
     // An upstream that sends 100 MiB as soon as a client arrives.
     let source = Upstream::start(|mut conn| {
@@ -211,14 +217,14 @@ fn slow_reader_holds_at_most_its_cap() {
     let proxy = start_proxy_with(
         &[&[source.addr], &[echo.addr]],
         1,
-        "  buffer:\n    max_pool_size: 16\n    max_in_flight: 2\n",
+        &format!("  buffer:\n    max_pool_size: 16\n    max_in_flight: {cap}\n"),
     );
     let mut slow = TcpStream::connect(proxy.addrs[0]).unwrap();
     // Let the proxy fill the client's socket buffers and stall.
     std::thread::sleep(Duration::from_millis(800));
     let stalled = proxy.stats();
-    assert!(stalled.total.buffer_slots_in_use <= 2, "{stalled:#?}");
-    assert!(stalled.total.buffer_slots_in_use_max <= 2, "{stalled:#?}");
+    assert!(stalled.total.buffer_slots_in_use <= cap, "{stalled:#?}");
+    assert!(stalled.total.buffer_slots_in_use_max <= cap, "{stalled:#?}");
     assert!(
         stalled.total.bytes_upstream_to_client < TOTAL as u64,
         "the slow session is stalled"

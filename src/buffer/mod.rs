@@ -32,6 +32,60 @@ pub enum Registration {
 
 static MEMLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
+/// No slot: the end of a queue.
+const NONE: u16 = u16::MAX;
+
+/// Bookkeeping of one slot.
+#[derive(Debug, Clone, Copy)]
+struct SlotMeta {
+    /// References: 0 = in the provided ring.
+    refs: u16,
+    /// The next slot of the queue this one is in.
+    next: u16,
+    /// Bytes of the slot already sent.
+    offset: u32,
+    /// Bytes of the slot still to send.
+    len: u32,
+}
+
+/// A direction's queue of held slots (received, not yet fully sent), oldest first.
+/// The links live in the registry, so a session pays six bytes per direction for it
+/// whatever the in-flight cap.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotQueue {
+    head: u16,
+    tail: u16,
+    len: u16,
+}
+
+impl Default for SlotQueue {
+    fn default() -> Self {
+        SlotQueue {
+            head: NONE,
+            tail: NONE,
+            len: 0,
+        }
+    }
+}
+
+impl SlotQueue {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A part of a held slot still to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub slot: u16,
+    pub offset: usize,
+    pub len: usize,
+}
+
 /// An anonymous private mapping, unmapped on drop.
 struct Mapping {
     ptr: *mut u8,
@@ -81,8 +135,7 @@ pub struct BufferRegistry {
     ring_mask: u16,
     /// Our copy of the ring tail; the kernel reads the shared one.
     tail: u16,
-    /// References per slot: 0 = in the provided ring.
-    refs: Vec<u16>,
+    slots: Vec<SlotMeta>,
     in_use: usize,
     in_use_max: usize,
     allocations: u64,
@@ -107,7 +160,15 @@ impl BufferRegistry {
             count,
             ring_mask: (ring_entries - 1) as u16,
             tail: 0,
-            refs: vec![0; count],
+            slots: vec![
+                SlotMeta {
+                    refs: 0,
+                    next: NONE,
+                    offset: 0,
+                    len: 0,
+                };
+                count
+            ],
             in_use: 0,
             in_use_max: 0,
             allocations: 0,
@@ -193,9 +254,9 @@ impl BufferRegistry {
 
     /// Records that the kernel filled `slot` for a receive: the caller now holds it.
     pub fn take(&mut self, slot: u16) {
-        let refs = &mut self.refs[slot as usize];
-        debug_assert_eq!(*refs, 0, "slot {slot} taken twice");
-        *refs = 1;
+        let meta = &mut self.slots[slot as usize];
+        debug_assert_eq!(meta.refs, 0, "slot {slot} taken twice");
+        meta.refs = 1;
         self.in_use += 1;
         self.in_use_max = self.in_use_max.max(self.in_use);
         self.allocations += 1;
@@ -203,22 +264,93 @@ impl BufferRegistry {
 
     /// Adds a reference to a held slot (a zero-copy send awaiting its notification).
     pub fn retain(&mut self, slot: u16) {
-        self.refs[slot as usize] += 1;
+        self.slots[slot as usize].refs += 1;
     }
 
     /// Drops one reference; the slot goes back to the ring with its last one.
     /// Returns whether it did.
     pub fn release(&mut self, slot: u16) -> bool {
-        let refs = &mut self.refs[slot as usize];
-        debug_assert!(*refs > 0, "slot {slot} released while free");
-        *refs -= 1;
-        if *refs > 0 {
+        let meta = &mut self.slots[slot as usize];
+        debug_assert!(meta.refs > 0, "slot {slot} released while free");
+        meta.refs -= 1;
+        if meta.refs > 0 {
             return false;
         }
         self.in_use -= 1;
         self.push_to_ring(slot);
         self.publish_tail();
         true
+    }
+
+    /// Appends a held slot with `len` received bytes to a queue; the queue now owns the
+    /// slot's reference.
+    pub fn enqueue(&mut self, q: &mut SlotQueue, slot: u16, len: usize) {
+        let meta = &mut self.slots[slot as usize];
+        debug_assert_eq!(meta.refs, 1, "slot {slot} queued without being held once");
+        meta.next = NONE;
+        meta.offset = 0;
+        meta.len = len as u32;
+        if q.tail == NONE {
+            q.head = slot;
+        } else {
+            self.slots[q.tail as usize].next = slot;
+        }
+        q.tail = slot;
+        q.len += 1;
+    }
+
+    /// The unsent parts of a queue's slots, oldest first.
+    pub fn pending<'a>(&'a self, q: &SlotQueue) -> impl Iterator<Item = Pending> + 'a {
+        let mut at = q.head;
+        std::iter::from_fn(move || {
+            if at == NONE {
+                return None;
+            }
+            let meta = self.slots[at as usize];
+            let p = Pending {
+                slot: at,
+                offset: meta.offset as usize,
+                len: meta.len as usize,
+            };
+            at = meta.next;
+            Some(p)
+        })
+    }
+
+    /// Records that `sent` bytes from the front of a queue went out: fully sent slots leave
+    /// the queue and drop its reference. Returns how many slots went back to the ring.
+    pub fn consume(&mut self, q: &mut SlotQueue, mut sent: usize) -> usize {
+        let mut recycled = 0;
+        while sent > 0 && q.head != NONE {
+            let slot = q.head;
+            let meta = &mut self.slots[slot as usize];
+            let n = sent.min(meta.len as usize);
+            meta.offset += n as u32;
+            meta.len -= n as u32;
+            sent -= n;
+            if meta.len > 0 {
+                break;
+            }
+            q.head = meta.next;
+            q.len -= 1;
+            if q.head == NONE {
+                q.tail = NONE;
+            }
+            recycled += usize::from(self.release(slot));
+        }
+        recycled
+    }
+
+    /// Drops every slot of a queue (the session is gone). Returns how many went back to the ring.
+    pub fn clear(&mut self, q: &mut SlotQueue) -> usize {
+        let mut recycled = 0;
+        while q.head != NONE {
+            let slot = q.head;
+            q.head = self.slots[slot as usize].next;
+            recycled += usize::from(self.release(slot));
+        }
+        *q = SlotQueue::default();
+        recycled
     }
 
     /// The address of `len` bytes at `offset` in `slot`.
@@ -280,5 +412,62 @@ fn memlock_limit() -> String {
 fn warn_once(msg: std::fmt::Arguments<'_>) {
     if !MEMLOCK_WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(count: usize) -> BufferRegistry {
+        let mut r = BufferRegistry::new(count, 4096).expect("mmap");
+        for slot in 0..count {
+            r.push_to_ring(slot as u16);
+        }
+        r
+    }
+
+    #[test]
+    fn queue_keeps_order_and_recycles_fully_sent_slots() {
+        let mut r = registry(4);
+        let mut q = SlotQueue::default();
+        for (slot, len) in [(2u16, 100), (0, 50), (3, 10)] {
+            r.take(slot);
+            r.enqueue(&mut q, slot, len);
+        }
+        assert_eq!(r.in_use(), 3);
+        let order: Vec<(u16, usize)> = r.pending(&q).map(|p| (p.slot, p.len)).collect();
+        assert_eq!(order, vec![(2, 100), (0, 50), (3, 10)]);
+        // A short send: part of the first slot.
+        assert_eq!(r.consume(&mut q, 60), 0);
+        assert_eq!(
+            r.pending(&q).next(),
+            Some(Pending {
+                slot: 2,
+                offset: 60,
+                len: 40
+            })
+        );
+        // The rest of the first, all of the second, part of the third.
+        assert_eq!(r.consume(&mut q, 40 + 50 + 5), 2);
+        assert_eq!(q.len(), 1);
+        assert_eq!(r.in_use(), 1);
+        assert_eq!(r.clear(&mut q), 1);
+        assert!(q.is_empty());
+        assert_eq!(r.in_use(), 0);
+        assert_eq!(r.in_use_max(), 3);
+    }
+
+    #[test]
+    fn a_zero_copy_reference_keeps_the_slot_out_of_the_ring() {
+        let mut r = registry(2);
+        let mut q = SlotQueue::default();
+        r.take(1);
+        r.enqueue(&mut q, 1, 8);
+        r.retain(1);
+        assert_eq!(r.consume(&mut q, 8), 0, "the notification still holds it");
+        assert_eq!(r.in_use(), 1);
+        assert!(r.release(1));
+        assert_eq!(r.in_use(), 0);
     }
 }

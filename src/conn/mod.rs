@@ -1,10 +1,11 @@
 //! The per-worker connection table: a slab of sessions with a generation per slot, so a
 //! completion that arrives for a freed and reused slot is recognised and dropped.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use slab::Slab;
+
+use crate::buffer::SlotQueue;
 
 use crate::uring::{GEN_MASK, MAX_KEYS};
 
@@ -19,14 +20,6 @@ pub enum State {
     Draining,
 }
 
-/// Data received into a slot and not yet fully sent.
-#[derive(Debug, Clone, Copy)]
-pub struct Chunk {
-    pub slot: u16,
-    pub offset: u32,
-    pub len: u32,
-}
-
 /// Direction 0 carries client bytes to the upstream, direction 1 the reverse.
 pub const CLIENT_TO_UPSTREAM: usize = 0;
 pub const UPSTREAM_TO_CLIENT: usize = 1;
@@ -34,9 +27,11 @@ pub const UPSTREAM_TO_CLIENT: usize = 1;
 /// One direction of a session: what it received and still has to send.
 #[derive(Debug, Default)]
 pub struct Direction {
-    /// Held slots, oldest first; the front one is being sent when `sending`.
-    pub queue: VecDeque<Chunk>,
+    /// Held slots, oldest first; the front ones are being sent when `sending`.
+    pub queue: SlotQueue,
     pub recv_armed: bool,
+    /// The armed receive is a probe (`MSG_DONTWAIT`) for more queued data after a full slot.
+    pub probing: bool,
     pub sending: bool,
     /// Waiting on the registry's wait list for a free slot (ENOBUFS).
     pub parked: bool,

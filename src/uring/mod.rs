@@ -8,7 +8,7 @@ use crate::error::ProxyError;
 
 mod ring;
 pub mod sys;
-pub use ring::{RawSockAddr, Ring, SendOp};
+pub use ring::{RawSockAddr, Ring, SendOp, MAX_IOV};
 
 /// What one submitted op is, so its completion can be routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum OpKind {
     Cancel,
     Tick,
     Wake,
+    /// A vectored send of several slots; the token's slot field is the message id.
+    SendMsg,
 }
 
 impl OpKind {
@@ -35,6 +37,7 @@ impl OpKind {
             6 => OpKind::Cancel,
             7 => OpKind::Tick,
             8 => OpKind::Wake,
+            9 => OpKind::SendMsg,
             _ => return None,
         })
     }
@@ -132,7 +135,8 @@ pub fn build_ring(entries: u32) -> Result<(IoUring, RingFlavor), ProxyError> {
 
 fn build_ring_of(entries: u32) -> io::Result<(IoUring, RingFlavor)> {
     let cq = entries.saturating_mul(4);
-    let attempts: [(RingFlavor, fn(&mut io_uring::Builder)); 3] = [
+    type Setup = fn(&mut io_uring::Builder);
+    let attempts: [(RingFlavor, Setup); 3] = [
         (RingFlavor::DeferTaskrun, |b| {
             b.setup_single_issuer().setup_defer_taskrun();
         }),

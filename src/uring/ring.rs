@@ -12,7 +12,16 @@ use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 
 use super::Token;
-use crate::buffer::{BufferRegistry, BUFFER_GROUP};
+use crate::buffer::{BufferRegistry, Pending, BUFFER_GROUP};
+
+/// The most slots one vectored send carries (and so the largest in-flight cap).
+pub const MAX_IOV: usize = 16;
+
+/// The `msghdr` and iovecs of one vectored send, at a fixed heap address while in flight.
+struct MsgBuf {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
+}
 
 /// A socket address in the form `connect(2)` takes, kept at a fixed heap address.
 pub struct RawSockAddr {
@@ -21,7 +30,7 @@ pub struct RawSockAddr {
 }
 
 impl RawSockAddr {
-    pub fn new(addr: SocketAddr) -> Box<RawSockAddr> {
+    pub fn new(addr: SocketAddr) -> RawSockAddr {
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let len = match addr {
@@ -57,17 +66,17 @@ impl RawSockAddr {
                 std::mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        Box::new(RawSockAddr {
+        RawSockAddr {
             storage,
             len: len as libc::socklen_t,
-        })
+        }
     }
 
     pub fn as_ptr(&self) -> *const libc::sockaddr {
         (&self.storage as *const libc::sockaddr_storage).cast()
     }
 
-    pub fn len(&self) -> libc::socklen_t {
+    pub fn socklen(&self) -> libc::socklen_t {
         self.len
     }
 }
@@ -89,10 +98,15 @@ pub enum SendOp {
 pub struct Ring {
     ring: IoUring,
     pub buffers: BufferRegistry,
-    endpoints: Vec<Box<RawSockAddr>>,
+    /// Never grows after construction, so connect ops may point into it.
+    endpoints: Vec<RawSockAddr>,
     connect_timeout: Box<Timespec>,
     tick: Box<Timespec>,
     wake_counter: Box<u64>,
+    /// Boxed: the Vec grows while sends point into earlier messages.
+    #[allow(clippy::vec_box)]
+    msgs: Vec<Box<MsgBuf>>,
+    free_msgs: Vec<u16>,
     /// Submitted ops whose final completion has not been reaped.
     in_flight: usize,
 }
@@ -116,6 +130,8 @@ impl Ring {
             connect_timeout: timespec(connect_timeout),
             tick: timespec(tick),
             wake_counter: Box::new(0),
+            msgs: Vec::new(),
+            free_msgs: Vec::new(),
             in_flight: 0,
         }
     }
@@ -166,14 +182,17 @@ impl Ring {
         self.push(e);
     }
 
-    /// A receive that takes a slot from the provided ring only when data arrives.
-    pub fn recv(&mut self, fd: RawFd, token: Token) {
+    /// A receive that takes a slot from the provided ring only when data arrives. With
+    /// `dont_wait` it completes at once with `-EAGAIN` when nothing is queued.
+    pub fn recv(&mut self, fd: RawFd, dont_wait: bool, token: Token) {
+        let flags = if dont_wait { libc::MSG_DONTWAIT } else { 0 };
         let e = opcode::Recv::new(
             Fd(fd),
             std::ptr::null_mut(),
             self.buffers.slot_size() as u32,
         )
         .buf_group(BUFFER_GROUP)
+        .flags(flags)
         .build()
         .flags(Flags::BUFFER_SELECT)
         .user_data(token.encode());
@@ -212,10 +231,52 @@ impl Ring {
         self.push(e.user_data(token.encode()));
     }
 
+    /// Sends several held slots in one `sendmsg`; returns the message id to hand back to
+    /// [`Ring::release_msg`] when the op completes. `token`'s slot field is set to it.
+    pub fn send_vectored(
+        &mut self,
+        fd: RawFd,
+        parts: impl Iterator<Item = Pending>,
+        token: Token,
+    ) -> u16 {
+        let id = match self.free_msgs.pop() {
+            Some(id) => id,
+            None => {
+                // SAFETY: msghdr and iovec are plain old data; all-zero is valid for both.
+                self.msgs
+                    .push(Box::new(unsafe { std::mem::zeroed::<MsgBuf>() }));
+                (self.msgs.len() - 1) as u16
+            }
+        };
+        let mut n = 0;
+        for p in parts.take(MAX_IOV) {
+            let base = self.buffers.ptr(p.slot, p.offset);
+            self.msgs[id as usize].iov[n] = libc::iovec {
+                iov_base: base.cast_mut().cast(),
+                iov_len: p.len,
+            };
+            n += 1;
+        }
+        let msg = &mut *self.msgs[id as usize];
+        msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+        msg.hdr.msg_iovlen = n;
+        let e = opcode::SendMsg::new(Fd(fd), &msg.hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(token.slot(id).encode());
+        self.push(e);
+        id
+    }
+
+    /// Frees a vectored send's message after its completion.
+    pub fn release_msg(&mut self, id: u16) {
+        self.free_msgs.push(id);
+    }
+
     /// Connects `fd` to endpoint `endpoint`, failing with `ECANCELED` after the connect timeout.
     pub fn connect(&mut self, fd: RawFd, endpoint: usize, token: Token, timeout_token: Token) {
         let addr = &self.endpoints[endpoint];
-        let e = opcode::Connect::new(Fd(fd), addr.as_ptr(), addr.len())
+        let e = opcode::Connect::new(Fd(fd), addr.as_ptr(), addr.socklen())
             .build()
             .flags(Flags::IO_LINK)
             .user_data(token.encode());

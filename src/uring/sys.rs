@@ -61,8 +61,8 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<OwnedFd
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     let raw = RawSockAddr::new(*addr);
-    // SAFETY: raw holds a valid sockaddr of raw.len() bytes.
-    check(unsafe { libc::bind(fd, raw.as_ptr(), raw.len()) })?;
+    // SAFETY: raw holds a valid sockaddr of raw.socklen() bytes.
+    check(unsafe { libc::bind(fd, raw.as_ptr(), raw.socklen()) })?;
     // SAFETY: listen(2) on a bound socket we own.
     check(unsafe { libc::listen(fd, backlog) })?;
     Ok(sock)
