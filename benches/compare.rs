@@ -1,6 +1,7 @@
 //! Side by side: sssonector (1 worker), HAProxy (`mode tcp`, `nbthread 1`) and nginx (`stream`, `worker_processes 1`), each a separate process in front of the same built-in upstreams on loopback.
 //!
-//! `cargo bench --bench compare` (full) or `cargo bench --bench compare -- --quick`.
+//! `cargo bench --bench compare` (full: 3 rounds) or `cargo bench --bench compare -- --quick`
+//! (1 round); `-- --rounds N` sets the number of rounds.
 //! Measures, on a fresh proxy process per measurement:
 //! - bulk throughput of one stream, upload (to a sink) and download (from a source), MiB/s;
 //! - 64-byte request/response over 50 connections for a fixed time: requests/s, latency, and
@@ -8,9 +9,15 @@
 //! - RSS per idle session: proxy VmRSS (summed over its processes) after opening 4000
 //!   established sessions, minus before, divided by 4000.
 //!
-//! Prints a table with ratios and writes it as markdown to `<target dir>/bench-compare.md`.
-//! A missing peer binary is skipped with a message (a failure when `CI=true`); a proxy that
-//! fails to start or to carry the load is reported as `failed: ...` for that measurement.
+//! Each round runs every measurement on every proxy, the proxies interleaved per measurement
+//! and their order rotated by one each round, so drift of a shared machine hits all of them.
+//! The report gives, per metric and proxy, the median across rounds with the min–max spread,
+//! and ratios (sssonector ÷ peer) of the medians.
+//!
+//! Prints a table with ratios and writes it as markdown to `<target dir>/bench-compare.md`
+//! (with every round's raw values). A missing peer binary is skipped with a message (a
+//! failure when `CI=true`); a proxy that fails to start or to carry the load is reported as
+//! `failed: ...` for that measurement.
 //! Every child runs in its own process group, killed on drop, on panic and on Ctrl-C.
 
 use std::collections::HashSet;
@@ -30,14 +37,56 @@ const MIB: u64 = 1024 * 1024;
 const RR_CONNECTIONS: usize = 50;
 const RR_PAYLOAD: usize = 64;
 const IDLE_SESSIONS: usize = 4000;
+/// Full run, per round and proxy: MiB of each bulk stream and seconds of the
+/// request/response run. Three rounds of three proxies take about 2.5 minutes on 2 cores.
+const FULL_BULK_MIB: u64 = 2048;
+const FULL_RR_SECS: u64 = 10;
 /// File descriptors the bench process and its children may need: 4000 client sockets plus
 /// 4000 accepted upstream sockets here, and 8000 in the proxy.
 const NOFILE: u64 = 20000;
 
 struct Params {
     quick: bool,
+    /// Each round runs every measurement on every proxy; the report shows medians.
+    rounds: usize,
     bulk_bytes: u64,
     rr_duration: Duration,
+}
+
+/// `--quick` and `--rounds N` (or `--rounds=N`); cargo bench's own `--bench` and anything
+/// else unknown is ignored on purpose.
+fn parse_args(args: &[String]) -> Result<Params, String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut rounds = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = if a == "--rounds" {
+            Some(it.next().ok_or("--rounds needs a value")?.as_str())
+        } else {
+            a.strip_prefix("--rounds=")
+        };
+        if let Some(v) = v {
+            match v.parse::<usize>() {
+                Ok(n) if n >= 1 => rounds = Some(n),
+                _ => return Err(format!("--rounds wants a whole number >= 1, not {v:?}")),
+            }
+        }
+    }
+    Ok(if quick {
+        Params {
+            quick,
+            rounds: rounds.unwrap_or(1),
+            bulk_bytes: 512 * MIB,
+            rr_duration: Duration::from_secs(3),
+        }
+    } else {
+        Params {
+            quick,
+            rounds: rounds.unwrap_or(3),
+            bulk_bytes: FULL_BULK_MIB * MIB,
+            rr_duration: Duration::from_secs(FULL_RR_SECS),
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -583,68 +632,142 @@ fn measure_idle(p: &Proxy, dir: &Path, up: &Upstreams) -> Result<f64, String> {
     Ok((after.saturating_sub(before) * 1024) as f64 / IDLE_SESSIONS as f64)
 }
 
-fn run_proxy(p: &Proxy, dir: &Path, up: &Upstreams, params: &Params, hz: u64) -> Results {
-    let sub = dir.join(p.kind.name());
-    if let Err(e) = fs::create_dir_all(&sub) {
-        let err = Err(format!("cannot create {}: {e}", sub.display()));
-        return Results {
-            bulk_up: Some(err.clone()),
-            bulk_down: Some(err.clone()),
-            rr_rps: Some(err.clone()),
-            rr_p50_us: Some(err.clone()),
-            rr_p99_us: Some(err.clone()),
-            cpu_us_per_req: Some(err.clone()),
-            rss_per_session: Some(err),
-        };
-    }
-    let name = p.kind.name();
-    let mut r = Results::default();
-
-    eprintln!("[{name}] bulk upload {} MiB", params.bulk_bytes / MIB);
-    r.bulk_up = Some(measure_bulk(p, &sub, up, BulkMode::Sink, params.bulk_bytes));
-    report_line(name, "bulk upload MiB/s", &r.bulk_up);
-
-    eprintln!("[{name}] bulk download {} MiB", params.bulk_bytes / MIB);
-    r.bulk_down = Some(measure_bulk(
-        p,
-        &sub,
-        up,
-        BulkMode::Source,
-        params.bulk_bytes,
-    ));
-    report_line(name, "bulk download MiB/s", &r.bulk_down);
-
-    eprintln!(
-        "[{name}] request/response {RR_PAYLOAD} B x {RR_CONNECTIONS} connections, {:?}",
-        params.rr_duration
-    );
-    match measure_rr(p, &sub, up, params.rr_duration, hz) {
-        Ok(n) => {
-            r.rr_rps = Some(Ok(n.rps));
-            r.rr_p50_us = Some(Ok(n.p50_us));
-            r.rr_p99_us = Some(Ok(n.p99_us));
-            r.cpu_us_per_req = Some(Ok(n.cpu_us_per_req));
-        }
-        Err(e) => {
-            r.rr_rps = Some(Err(e.clone()));
-            r.rr_p50_us = Some(Err(e.clone()));
-            r.rr_p99_us = Some(Err(e.clone()));
-            r.cpu_us_per_req = Some(Err(e));
-        }
-    }
-    report_line(name, "requests/s", &r.rr_rps);
-    report_line(name, "CPU µs/request", &r.cpu_us_per_req);
-
-    eprintln!("[{name}] {IDLE_SESSIONS} idle sessions");
-    r.rss_per_session = Some(measure_idle(p, &sub, up));
-    report_line(name, "RSS bytes/idle session", &r.rss_per_session);
-    r
+/// What every measurement needs besides the proxy.
+struct Bench<'a> {
+    /// Work dir: one subdirectory per proxy for its configs and logs.
+    dir: &'a Path,
+    up: &'a Upstreams,
+    params: &'a Params,
+    /// Clock ticks per second, for /proc CPU times.
+    hz: u64,
 }
 
-fn report_line(name: &str, what: &str, v: &Option<Result<f64, String>>) {
+/// One kind of measurement; each starts a fresh proxy process.
+#[derive(Clone, Copy)]
+enum Step {
+    BulkUp,
+    BulkDown,
+    RequestResponse,
+    Idle,
+}
+
+const STEPS: [Step; 4] = [
+    Step::BulkUp,
+    Step::BulkDown,
+    Step::RequestResponse,
+    Step::Idle,
+];
+
+/// The proxies in the order round `round` (0-based) runs them: the list rotated by one per
+/// round (sss, haproxy, nginx; then haproxy, nginx, sss; ...), so slow drift of the machine
+/// does not always hit the same proxy first or last.
+fn round_order(n: usize, round: usize) -> Vec<usize> {
+    (0..n).map(|i| (i + round) % n.max(1)).collect()
+}
+
+/// Runs one measurement of one proxy and stores its numbers in `r`.
+fn run_step(step: Step, p: &Proxy, b: &Bench, tag: &str, r: &mut Results) {
+    let (up, params) = (b.up, b.params);
+    let sub = b.dir.join(p.kind.name());
+    if let Err(e) = fs::create_dir_all(&sub) {
+        let err = Err(format!("cannot create {}: {e}", sub.display()));
+        match step {
+            Step::BulkUp => r.bulk_up = Some(err),
+            Step::BulkDown => r.bulk_down = Some(err),
+            Step::RequestResponse => {
+                r.rr_rps = Some(err.clone());
+                r.rr_p50_us = Some(err.clone());
+                r.rr_p99_us = Some(err.clone());
+                r.cpu_us_per_req = Some(err);
+            }
+            Step::Idle => r.rss_per_session = Some(err),
+        }
+        return;
+    }
+    match step {
+        Step::BulkUp => {
+            eprintln!("{tag} bulk upload {} MiB", params.bulk_bytes / MIB);
+            r.bulk_up = Some(measure_bulk(p, &sub, up, BulkMode::Sink, params.bulk_bytes));
+            report_line(tag, "bulk upload MiB/s", &r.bulk_up);
+        }
+        Step::BulkDown => {
+            eprintln!("{tag} bulk download {} MiB", params.bulk_bytes / MIB);
+            r.bulk_down = Some(measure_bulk(
+                p,
+                &sub,
+                up,
+                BulkMode::Source,
+                params.bulk_bytes,
+            ));
+            report_line(tag, "bulk download MiB/s", &r.bulk_down);
+        }
+        Step::RequestResponse => {
+            eprintln!(
+                "{tag} request/response {RR_PAYLOAD} B x {RR_CONNECTIONS} connections, {:?}",
+                params.rr_duration
+            );
+            match measure_rr(p, &sub, up, params.rr_duration, b.hz) {
+                Ok(n) => {
+                    r.rr_rps = Some(Ok(n.rps));
+                    r.rr_p50_us = Some(Ok(n.p50_us));
+                    r.rr_p99_us = Some(Ok(n.p99_us));
+                    r.cpu_us_per_req = Some(Ok(n.cpu_us_per_req));
+                }
+                Err(e) => {
+                    r.rr_rps = Some(Err(e.clone()));
+                    r.rr_p50_us = Some(Err(e.clone()));
+                    r.rr_p99_us = Some(Err(e.clone()));
+                    r.cpu_us_per_req = Some(Err(e));
+                }
+            }
+            report_line(tag, "requests/s", &r.rr_rps);
+            report_line(tag, "CPU µs/request", &r.cpu_us_per_req);
+        }
+        Step::Idle => {
+            eprintln!("{tag} {IDLE_SESSIONS} idle sessions");
+            r.rss_per_session = Some(measure_idle(p, &sub, up));
+            report_line(tag, "RSS bytes/idle session", &r.rss_per_session);
+        }
+    }
+}
+
+/// All rounds: in each round, every measurement in turn, each run on every proxy in that
+/// round's order. Returns, per proxy (in `proxies` order), one `Results` per round.
+fn run_rounds(proxies: &[Proxy], b: &Bench) -> Vec<(Kind, Vec<Results>)> {
+    let params = b.params;
+    let mut all: Vec<(Kind, Vec<Results>)> = proxies
+        .iter()
+        .map(|p| {
+            (
+                p.kind,
+                (0..params.rounds).map(|_| Results::default()).collect(),
+            )
+        })
+        .collect();
+    for round in 0..params.rounds {
+        let order = round_order(proxies.len(), round);
+        let names: Vec<&str> = order.iter().map(|&i| proxies[i].kind.name()).collect();
+        eprintln!(
+            "bench-compare: round {}/{}: {}",
+            round + 1,
+            params.rounds,
+            names.join(", ")
+        );
+        for step in STEPS {
+            for &i in &order {
+                let p = &proxies[i];
+                let tag = format!("[{}/{}] [{}]", round + 1, params.rounds, p.kind.name());
+                run_step(step, p, b, &tag, &mut all[i].1[round]);
+            }
+        }
+    }
+    all
+}
+
+fn report_line(tag: &str, what: &str, v: &Option<Result<f64, String>>) {
     match v {
-        Some(Ok(x)) => eprintln!("[{name}]   {what}: {x:.1}"),
-        Some(Err(e)) => eprintln!("[{name}]   {what}: failed: {e}"),
+        Some(Ok(x)) => eprintln!("{tag}   {what}: {x:.1}"),
+        Some(Err(e)) => eprintln!("{tag}   {what}: failed: {e}"),
         None => {}
     }
 }
@@ -705,18 +828,88 @@ const METRICS: &[Metric] = &[
     },
 ];
 
-fn cell(v: &Option<Result<f64, String>>, decimals: usize) -> String {
-    match v {
-        Some(Ok(x)) => format!("{x:.decimals$}"),
-        Some(Err(_)) => "failed".into(),
-        None => "skipped".into(),
-    }
+/// One metric of one proxy over the rounds in which it was measured.
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+    /// Rounds in which it was measured successfully, out of `total`.
+    ok: usize,
+    total: usize,
 }
 
 fn ok(v: &Option<Result<f64, String>>) -> Option<f64> {
     match v {
         Some(Ok(x)) => Some(*x),
         _ => None,
+    }
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+/// Median, min and max of a metric over the rounds that measured it. `None`: never
+/// measured (skipped); `Err`: failed in every round (the first round's error).
+fn summarize(rounds: &[Results], m: &Metric) -> Option<Result<Stat, String>> {
+    let vals: Vec<&Option<Result<f64, String>>> = rounds.iter().map(|r| (m.get)(r)).collect();
+    let total = vals.iter().filter(|v| v.is_some()).count();
+    if total == 0 {
+        return None;
+    }
+    let mut oks: Vec<f64> = vals.iter().filter_map(|v| ok(v)).collect();
+    if oks.is_empty() {
+        let first = vals.iter().find_map(|v| match v {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        });
+        return Some(Err(first.unwrap_or_default()));
+    }
+    oks.sort_by(f64::total_cmp);
+    Some(Ok(Stat {
+        median: median(&oks),
+        min: oks[0],
+        max: oks[oks.len() - 1],
+        ok: oks.len(),
+        total,
+    }))
+}
+
+fn median_of(s: &Option<Result<Stat, String>>) -> Option<f64> {
+    match s {
+        Some(Ok(st)) => Some(st.median),
+        _ => None,
+    }
+}
+
+/// `median (min–max)`, or the single value for one round; `[k/n ok]` when some rounds failed.
+fn cell(s: &Option<Result<Stat, String>>, decimals: usize) -> String {
+    match s {
+        Some(Ok(st)) => {
+            let mut c = format!("{:.decimals$}", st.median);
+            if st.ok > 1 {
+                let _ = write!(c, " ({:.decimals$}–{:.decimals$})", st.min, st.max);
+            }
+            if st.ok < st.total {
+                let _ = write!(c, " [{}/{} ok]", st.ok, st.total);
+            }
+            c
+        }
+        Some(Err(_)) => "failed".into(),
+        None => "skipped".into(),
+    }
+}
+
+fn raw_cell(v: &Option<Result<f64, String>>, decimals: usize) -> String {
+    match v {
+        Some(Ok(x)) => format!("{x:.decimals$}"),
+        Some(Err(_)) => "failed".into(),
+        None => "skipped".into(),
     }
 }
 
@@ -727,9 +920,10 @@ fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
     }
 }
 
-/// Rows of cells: header first. Ratios are sssonector ÷ peer (read with the metric's
+/// Rows of cells: header first. Each proxy's cell is its median over the rounds with the
+/// min–max spread; ratios are sssonector ÷ peer of the medians (read with the metric's
 /// direction: above 1 is better for throughput, worse for latency, CPU and memory).
-fn table(results: &[(Kind, Results)]) -> Vec<Vec<String>> {
+fn table(results: &[(Kind, Vec<Results>)]) -> Vec<Vec<String>> {
     let get = |k: Kind| results.iter().find(|(kk, _)| *kk == k).map(|(_, r)| r);
     let mut rows = vec![vec![
         "metric".to_string(),
@@ -741,11 +935,10 @@ fn table(results: &[(Kind, Results)]) -> Vec<Vec<String>> {
         "sss ÷ nginx".into(),
         "sss ÷ better peer".into(),
     ]];
-    let none: Option<Result<f64, String>> = None;
     for m in METRICS {
-        let v = |k: Kind| get(k).map(|r| (m.get)(r)).unwrap_or(&none);
+        let v = |k: Kind| get(k).and_then(|r| summarize(r, m));
         let (s, h, n) = (v(Kind::Sssonector), v(Kind::Haproxy), v(Kind::Nginx));
-        let best = match (ok(h), ok(n)) {
+        let best = match (median_of(&h), median_of(&n)) {
             (Some(a), Some(b)) => Some(if m.higher_is_better {
                 a.max(b)
             } else {
@@ -761,13 +954,28 @@ fn table(results: &[(Kind, Results)]) -> Vec<Vec<String>> {
                 "lower"
             }
             .into(),
-            cell(s, m.decimals),
-            cell(h, m.decimals),
-            cell(n, m.decimals),
-            ratio(ok(s), ok(h)),
-            ratio(ok(s), ok(n)),
-            ratio(ok(s), best),
+            cell(&s, m.decimals),
+            cell(&h, m.decimals),
+            cell(&n, m.decimals),
+            ratio(median_of(&s), median_of(&h)),
+            ratio(median_of(&s), median_of(&n)),
+            ratio(median_of(&s), best),
         ]);
+    }
+    rows
+}
+
+/// Every round's raw value: one row per metric and proxy, one column per round.
+fn per_round_table(results: &[(Kind, Vec<Results>)], rounds: usize) -> Vec<Vec<String>> {
+    let mut header = vec!["metric".to_string(), "proxy".to_string()];
+    header.extend((1..=rounds).map(|r| format!("round {r}")));
+    let mut rows = vec![header];
+    for m in METRICS {
+        for (k, rs) in results {
+            let mut row = vec![m.label.to_string(), k.name().to_string()];
+            row.extend(rs.iter().map(|r| raw_cell((m.get)(r), m.decimals)));
+            rows.push(row);
+        }
     }
     rows
 }
@@ -800,26 +1008,8 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn markdown(
-    rows: &[Vec<String>],
-    results: &[(Kind, Results)],
-    proxies: &[(Kind, String)],
-    params: &Params,
-) -> String {
-    let mut md = String::from("# sssonector vs HAProxy vs nginx\n\n");
-    let _ = writeln!(
-        md,
-        "Mode: {}; bulk {} MiB per stream; request/response {RR_PAYLOAD} B over \
-         {RR_CONNECTIONS} connections for {:?}; {IDLE_SESSIONS} idle sessions.\n",
-        if params.quick { "quick" } else { "full" },
-        params.bulk_bytes / MIB,
-        params.rr_duration
-    );
-    let _ = writeln!(md, "Machine: {}\n", machine());
-    for (k, v) in proxies {
-        let _ = writeln!(md, "- {}: {v}", k.name());
-    }
-    md.push('\n');
+/// A markdown table; the first `left` columns are left-aligned, the rest right-aligned.
+fn markdown_table(md: &mut String, rows: &[Vec<String>], left: usize) {
     let _ = writeln!(md, "| {} |", rows[0].join(" | "));
     let _ = writeln!(
         md,
@@ -827,22 +1017,67 @@ fn markdown(
         rows[0]
             .iter()
             .enumerate()
-            .map(|(i, _)| if i < 2 { "---" } else { "---:" })
+            .map(|(i, _)| if i < left { "---" } else { "---:" })
             .collect::<Vec<_>>()
             .join("|")
     );
     for r in &rows[1..] {
         let _ = writeln!(md, "| {} |", r.join(" | "));
     }
-    md.push_str(
-        "\nRatios are sssonector ÷ peer: above 1 is better for throughput and requests/s, \
-         worse for latency, CPU and memory.\n",
-    );
+}
+
+fn mode_line(params: &Params) -> String {
+    format!(
+        "Mode: {}, {} round{} (every measurement on every proxy in each round, proxies \
+         interleaved, order rotated each round); bulk {} MiB per stream; request/response \
+         {RR_PAYLOAD} B over {RR_CONNECTIONS} connections for {:?}; {IDLE_SESSIONS} idle \
+         sessions.",
+        if params.quick { "quick" } else { "full" },
+        params.rounds,
+        if params.rounds == 1 { "" } else { "s" },
+        params.bulk_bytes / MIB,
+        params.rr_duration
+    )
+}
+
+const RATIO_NOTE: &str = "Cells are the median across rounds (min–max in parentheses). \
+    Ratios are sssonector ÷ peer of the medians: above 1 is better for throughput and \
+    requests/s, worse for latency, CPU and memory.";
+
+fn markdown(
+    rows: &[Vec<String>],
+    results: &[(Kind, Vec<Results>)],
+    proxies: &[(Kind, String)],
+    params: &Params,
+    elapsed: Duration,
+) -> String {
+    let mut md = String::from("# sssonector vs HAProxy vs nginx\n\n");
+    let _ = writeln!(md, "{}\n", mode_line(params));
+    let _ = writeln!(md, "Machine: {}\n", machine());
+    let _ = writeln!(md, "Run time: {:.0} s.\n", elapsed.as_secs_f64());
+    for (k, v) in proxies {
+        let _ = writeln!(md, "- {}: {v}", k.name());
+    }
+    md.push('\n');
+    markdown_table(&mut md, rows, 2);
+    let _ = writeln!(md, "\n{RATIO_NOTE}");
+    if params.rounds > 1 {
+        md.push_str("\n## Per round\n\n");
+        markdown_table(&mut md, &per_round_table(results, params.rounds), 2);
+    }
     let mut failures = String::new();
-    for (k, r) in results {
-        for m in METRICS {
-            if let Some(Err(e)) = (m.get)(r) {
-                let _ = writeln!(failures, "- {} / {}: failed: {e}", k.name(), m.label);
+    for (k, rs) in results {
+        for (round, r) in rs.iter().enumerate() {
+            for m in METRICS {
+                if let Some(Err(e)) = (m.get)(r) {
+                    let _ = writeln!(
+                        failures,
+                        "- round {} / {} / {}: failed: {e}",
+                        round + 1,
+                        k.name(),
+                        m.label
+                    );
+                }
             }
         }
     }
@@ -878,19 +1113,12 @@ fn machine() -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
-    // cargo bench passes `--bench`; anything we do not know is ignored on purpose.
-    let quick = std::env::args().any(|a| a == "--quick");
-    let params = if quick {
-        Params {
-            quick,
-            bulk_bytes: 512 * MIB,
-            rr_duration: Duration::from_secs(3),
-        }
-    } else {
-        Params {
-            quick,
-            bulk_bytes: 2048 * MIB,
-            rr_duration: Duration::from_secs(10),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let params = match parse_args(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bench-compare: {e}");
+            std::process::exit(2);
         }
     };
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
@@ -973,30 +1201,33 @@ fn main() {
         }
     };
 
+    eprintln!("bench-compare: {}", mode_line(&params));
     let started = Instant::now();
-    let mut results = Vec::new();
-    for p in &proxies {
-        results.push((p.kind, run_proxy(p, &work, &upstreams, &params, hz)));
-    }
-    eprintln!(
-        "bench-compare: done in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    let bench = Bench {
+        dir: &work,
+        up: &upstreams,
+        params: &params,
+        hz,
+    };
+    let results = run_rounds(&proxies, &bench);
+    let elapsed = started.elapsed();
+    eprintln!("bench-compare: done in {:.0} s", elapsed.as_secs_f64());
 
     let rows = table(&results);
     println!();
+    println!("{}", mode_line(&params));
     println!("Machine: {}", machine());
     for p in &proxies {
         println!("  {}: {}", p.kind.name(), p.version);
     }
     println!();
     print_table(&rows);
-    println!("\nRatios are sssonector ÷ peer: above 1 is better for throughput and requests/s, worse for latency, CPU and memory.");
+    println!("\n{RATIO_NOTE}");
     let versions: Vec<(Kind, String)> = proxies
         .iter()
         .map(|p| (p.kind, p.version.clone()))
         .collect();
-    let md = markdown(&rows, &results, &versions, &params);
+    let md = markdown(&rows, &results, &versions, &params, elapsed);
     let out = target_dir.join("bench-compare.md");
     match fs::write(&out, md) {
         Ok(()) => println!("written to {}", out.display()),
@@ -1004,8 +1235,11 @@ fn main() {
     }
     // A peer that failed its measurements is a harness problem CI should see; sssonector's
     // failures are reported but do not fail the run while its data plane is unfinished.
-    let peer_failed = results.iter().any(|(k, r)| {
-        *k != Kind::Sssonector && METRICS.iter().any(|m| matches!((m.get)(r), Some(Err(_))))
+    let peer_failed = results.iter().any(|(k, rs)| {
+        *k != Kind::Sssonector
+            && rs
+                .iter()
+                .any(|r| METRICS.iter().any(|m| matches!((m.get)(r), Some(Err(_)))))
     });
     if ci && peer_failed {
         eprintln!("bench-compare: CI=true and a peer measurement failed");
