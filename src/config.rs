@@ -195,6 +195,8 @@ pub struct PoolConfig {
     /// How long a client may wait for a free slot under `max_active` before it is closed.
     #[serde(with = "duration")]
     pub queue_timeout: Duration,
+    /// Clients that may wait for admission at once; past it a new client is closed.
+    pub max_queued: usize,
     pub balance: Balance,
 }
 
@@ -209,6 +211,7 @@ impl Default for PoolConfig {
             max_retries: 3,
             connect_timeout: Duration::from_secs(5),
             queue_timeout: Duration::from_secs(10),
+            max_queued: 1000,
             balance: Balance::RoundRobin,
         }
     }

@@ -8,7 +8,10 @@
 //! - [`uring`]: ring setup, kernel feature probe, `user_data` encoding.
 //! - [`buffer`]: the per-worker buffer registry: one mmap'd region, registered as fixed
 //!   buffers and published as a provided-buffer ring; slot ownership and the ENOBUFS wait list.
-//! - [`conn`]: the per-worker connection table (slab with generations).
+//! - [`conn`]: the per-worker connection table (slab with generations) and active list.
+//! - [`admission`]: the global `max_active` limit and its first-come queue.
+//! - [`upstream`]: endpoints (shared health table, balancing) and each worker's warm pool.
+//! - [`health`]: the prober thread (TCP connect with rise/fall thresholds).
 //! - [`relay`]: one session's two directions: receive, send, half-close, backpressure.
 //! - [`worker`]: one thread, one ring, its listeners, its table; the completion loop.
 //! - [`metrics`]: counters each worker publishes, and their descriptions.
@@ -18,14 +21,17 @@
 //!
 //! [`start`] binds every listener, spawns the workers and returns a [`ProxyHandle`].
 
+pub mod admission;
 pub mod buffer;
 pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod loadgen;
 pub mod metrics;
 pub mod relay;
+pub mod upstream;
 pub mod uring;
 pub mod worker;
 

@@ -56,6 +56,7 @@ impl Worker {
             (n, Some(slot)) if n > 0 => {
                 let d = &mut s.dirs[dir];
                 self.ring.buffers.take(slot);
+                let now_ms = self.now_ms;
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending && d.queue.len() < cap;
                 if dir == CLIENT_TO_UPSTREAM {
@@ -63,6 +64,7 @@ impl Worker {
                 } else {
                     self.counters.bytes_upstream_to_client += n as u64;
                 }
+                self.table.touch(key, now_ms);
                 if gather {
                     self.arm_recv_as(key, gen, dir, true);
                 } else {
@@ -232,7 +234,7 @@ impl Worker {
     }
 
     /// Re-arms parked directions, oldest first, one per free slot.
-    fn serve_waiters(&mut self) {
+    pub(crate) fn serve_waiters(&mut self) {
         let mut free = self.ring.buffers.count() - self.ring.buffers.in_use();
         while free > 0 {
             let Some((key, gen, dir)) = self.waiters.pop_front() else {
@@ -261,45 +263,5 @@ impl Worker {
             self.counters.upstream_errors += 1;
             tracing::debug!("upstream: {err}");
         }
-    }
-
-    /// Starts tearing a session down: cancels its ops; it is freed when the last completes.
-    pub(crate) fn begin_close(&mut self, key: usize, gen: u32, reset: bool) {
-        let Some(s) = self.table.get_mut(key, gen) else {
-            return;
-        };
-        s.reset |= reset;
-        if s.state == State::Draining {
-            return;
-        }
-        s.state = State::Draining;
-        if s.ops > 0 {
-            let fds = [s.client_fd, s.upstream_fd];
-            for fd in fds.into_iter().filter(|fd| *fd >= 0) {
-                s.ops += 1;
-                self.ring
-                    .cancel_fd(fd, Token::new(key, gen, OpKind::Cancel));
-            }
-        }
-    }
-
-    /// Frees a draining session whose ops have all completed: its slots, its fds, its key.
-    pub(crate) fn finish_if_drained(&mut self, key: usize, gen: u32) {
-        let Some(s) = self.table.get_mut(key, gen) else {
-            return;
-        };
-        if s.state != State::Draining || s.ops > 0 {
-            return;
-        }
-        let mut s = self.table.remove(key);
-        let mut recycled = 0;
-        for d in &mut s.dirs {
-            recycled += self.ring.buffers.clear(&mut d.queue);
-        }
-        if recycled > 0 {
-            self.serve_waiters();
-        }
-        sys::close(s.client_fd, s.reset);
-        sys::close(s.upstream_fd, s.reset);
     }
 }

@@ -1,5 +1,5 @@
-//! One worker thread: one io_uring, its listener sockets, buffer registry and connection
-//! table; and [`start`], which binds the listeners and spawns the workers.
+//! One worker thread: one io_uring, its listener sockets, buffer registry, connection
+//! table and warm pool; and [`start`], which binds the listeners and spawns the workers.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -7,32 +7,63 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 
+use crate::admission::{Admission, Admit, Ticket};
 use crate::buffer::{BufferRegistry, Registration};
-use crate::config::{Config, SendMode};
-use crate::conn::{ConnTable, State};
+use crate::config::{Balance, Config, SendMode};
+use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
-use crate::metrics::{PublishedCounters, StatsSnapshot, WorkerCounters};
+use crate::metrics::{EndpointSnapshot, PublishedCounters, StatsSnapshot, WorkerCounters};
+use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
 
 /// Submission queue entries per worker ring.
 const RING_ENTRIES: u32 = 4096;
-/// How often a worker publishes its counters and looks at its timers.
+/// How often a worker publishes its counters, refills its pool and checks endpoint health.
 const TICK: Duration = Duration::from_millis(100);
+/// Pool dials one endpoint may start per tick (a burst of refills is spread out).
+const REFILL_PER_TICK: usize = 32;
 /// Slab key used by ops that belong to the worker, not to a session.
 const WORKER_KEY: usize = crate::uring::MAX_KEYS - 1;
+
+/// State shared by the handle, the workers and the health prober.
+pub(crate) struct Shared {
+    stop: AtomicBool,
+    wake_fds: Vec<OwnedFd>,
+    pub admission: Admission,
+    pub endpoints: EndpointTable,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Wakes worker `index` (it looks at its grants, the stop flag and endpoint health).
+    pub fn wake(&self, index: usize) {
+        if let Some(fd) = self.wake_fds.get(index) {
+            sys::eventfd_signal(fd.as_raw_fd());
+        }
+    }
+
+    pub fn wake_all(&self) {
+        for i in 0..self.wake_fds.len() {
+            self.wake(i);
+        }
+    }
+}
 
 /// What a worker knows about one listener.
 pub(crate) struct WorkerListener {
     pub fd: OwnedFd,
-    /// Indexes into the worker's endpoint list.
+    /// Endpoint ids of this listener.
     pub endpoints: Vec<usize>,
     /// Round-robin cursor.
     pub next: usize,
-    /// The multishot accept ended with an error (EMFILE...): re-arm on the next tick.
+    /// The multishot accept is armed (it ends on errors such as EMFILE: re-armed next tick).
     pub accept_armed: bool,
     /// Clients of a loopback listener are local: zero-copy sends never pay off for them.
     pub loopback: bool,
@@ -43,28 +74,41 @@ pub(crate) struct WorkerListener {
 pub(crate) struct Settings {
     pub max_in_flight: usize,
     pub send_mode: SendMode,
-}
-
-/// Shared between the handle and the workers.
-struct Control {
-    stop: AtomicBool,
-    wake_fds: Vec<OwnedFd>,
+    pub pool_enabled: bool,
+    pub idle_timeout: Duration,
+    pub queue_timeout: Duration,
+    pub max_retries: u32,
+    pub balance: Balance,
+    pub health_enabled: bool,
+    /// How often the sweep walks the idle pool, the active list and the queue.
+    pub sweep_every: Duration,
 }
 
 pub(crate) struct Worker {
+    index: usize,
     pub ring: Ring,
     pub table: ConnTable,
     pub listeners: Vec<WorkerListener>,
-    pub endpoints: Vec<SocketAddr>,
     pub settings: Settings,
     /// Directions parked on ENOBUFS, served first come first served as slots return.
     pub waiters: VecDeque<(usize, u32, usize)>,
     pub counters: WorkerCounters,
+    pool: WarmPool,
+    /// Queued clients of this worker, oldest first (for the queue timeout).
+    queued: VecDeque<(usize, u32)>,
     published: Arc<PublishedCounters>,
-    control: Arc<Control>,
+    shared: Arc<Shared>,
     wake_fd: RawFd,
     stopping: bool,
     cancelled_all: bool,
+    started: Instant,
+    now: Instant,
+    /// Milliseconds since `started`, read once per completion batch.
+    pub now_ms: u64,
+    next_sweep: Instant,
+    /// Scratch: workers to wake after an admission call, fds to close.
+    woken: Vec<usize>,
+    fds: Vec<RawFd>,
 }
 
 impl Worker {
@@ -75,6 +119,7 @@ impl Worker {
         self.ring.tick(Token::new(WORKER_KEY, 0, OpKind::Tick));
         self.ring
             .wait_wake(self.wake_fd, Token::new(WORKER_KEY, 0, OpKind::Wake));
+        self.refill();
         let mut cqes = Vec::with_capacity(1024);
         loop {
             self.ring
@@ -83,6 +128,8 @@ impl Worker {
                     what: "io_uring_enter failed".into(),
                     source,
                 })?;
+            self.now = Instant::now();
+            self.now_ms = self.now.duration_since(self.started).as_millis() as u64;
             self.ring.reap(&mut cqes);
             for &(user_data, res, flags) in &cqes {
                 self.dispatch(user_data, res, flags);
@@ -104,7 +151,7 @@ impl Worker {
 
     fn dispatch(&mut self, user_data: u64, res: i32, flags: u32) {
         let Some(token) = Token::decode(user_data) else {
-            tracing::error!(user_data, "completion with an unknown user_data");
+            tracing::error!(user_data, "internal: completion with an unknown user_data");
             return;
         };
         match token.op {
@@ -127,19 +174,19 @@ impl Worker {
             self.listeners[index].accept_armed = false;
         }
         if res < 0 {
-            let err = std::io::Error::from_raw_os_error(-res);
             if res != -libc::ECANCELED {
+                let err = std::io::Error::from_raw_os_error(-res);
                 tracing::warn!(
                     listener = index,
-                    "accept failed: {err}; retrying on the next tick"
+                    "client: accept failed: {err}; retrying on the next tick"
                 );
             }
             return;
         }
-        if !self.listeners[index].accept_armed && !self.stopping && res >= 0 {
+        if !self.listeners[index].accept_armed && !self.stopping {
             self.arm_accept(index);
         }
-        self.start_session(index, res);
+        self.accept_client(index, res);
     }
 
     fn on_tick(&mut self) {
@@ -149,20 +196,36 @@ impl Worker {
                     self.arm_accept(i);
                 }
             }
+            self.flush_down_endpoints();
+            if self.now >= self.next_sweep {
+                self.next_sweep = self.now + self.settings.sweep_every;
+                self.sweep();
+            }
+            self.refill();
         }
         self.publish();
     }
 
     fn on_wake(&mut self, res: i32) {
-        if self.control.stop.load(Ordering::Acquire) {
+        if self.shared.stopping() {
             self.begin_stop();
-        } else if res != -libc::ECANCELED {
+            return;
+        }
+        let mut grants = Vec::new();
+        self.shared.admission.take_grants(self.index, &mut grants);
+        for t in grants {
+            self.on_grant(t);
+        }
+        self.flush_down_endpoints();
+        self.refill();
+        if res != -libc::ECANCELED {
             self.ring
                 .wait_wake(self.wake_fd, Token::new(WORKER_KEY, 0, OpKind::Wake));
         }
     }
 
-    /// Stops accepting and closes every session; the loop ends once all ops are done.
+    /// Stops accepting and closes every session and idle connection; the loop ends once
+    /// all ops are done.
     fn begin_stop(&mut self) {
         if self.stopping {
             return;
@@ -175,6 +238,8 @@ impl Worker {
         for (key, gen) in self.table.keys() {
             self.begin_close(key, gen, false);
         }
+        self.pool.drain_all(&mut self.fds);
+        self.close_fds();
     }
 
     fn publish(&mut self) {
@@ -183,57 +248,194 @@ impl Worker {
         self.counters.buffer_slots_in_use = b.in_use() as u64;
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
         self.counters.buffer_allocations = b.allocations();
-        self.counters.sessions_active = self.table.len() as u64;
+        self.counters.sessions_active = (self.table.len()
+            - self.table.count(State::PoolDial)
+            - self.table.count(State::PoolReady)) as u64;
+        self.counters.pool_idle = self.pool.total_idle() as u64;
         self.published.publish(&self.counters);
     }
 
-    /// Pairs an accepted client with a new upstream connection.
-    fn start_session(&mut self, listener: usize, client_fd: RawFd) {
-        let l = &mut self.listeners[listener];
-        let endpoint = l.endpoints[l.next % l.endpoints.len()];
-        l.next = l.next.wrapping_add(1);
-        let client_local = l.loopback;
-        let _ = sys::set_nodelay(client_fd);
-        let upstream = match sys::stream_socket(&self.endpoints[endpoint]) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::warn!(upstream = %self.endpoints[endpoint], "internal: cannot create upstream socket: {e}");
-                self.counters.upstream_connect_errors += 1;
-                sys::close(client_fd, false);
-                return;
+    fn close_fds(&mut self) {
+        for fd in self.fds.drain(..) {
+            sys::close(fd, false);
+        }
+    }
+
+    fn wake_granted(&mut self) {
+        for w in std::mem::take(&mut self.woken) {
+            if w == self.index {
+                let mut grants = Vec::new();
+                self.shared.admission.take_grants(self.index, &mut grants);
+                for t in grants {
+                    self.on_grant(t);
+                }
+            } else {
+                self.shared.wake(w);
             }
-        };
-        let _ = sys::set_nodelay(upstream.as_raw_fd());
-        let Some((key, gen)) = self.table.insert(client_fd, listener as u16) else {
+        }
+    }
+
+    /// A new client: it gets a `max_active` slot now, or waits in the queue.
+    fn accept_client(&mut self, listener: usize, client_fd: RawFd) {
+        let _ = sys::set_nodelay(client_fd);
+        let Some((key, gen)) =
+            self.table
+                .insert(client_fd, listener as u16, State::Queued, self.now_ms)
+        else {
             tracing::warn!("internal: connection table full; closing the new client");
             sys::close(client_fd, false);
             return;
         };
-        let upstream_fd = upstream.into_raw_fd();
-        let zc_upstream = !self.endpoints[endpoint].ip().is_loopback();
-        let zc_client = !client_local
-            && sys::peer_addr(client_fd)
-                .map(|a| !a.ip().is_loopback())
-                .unwrap_or(false);
-        if let Some(s) = self.table.get_mut(key, gen) {
-            s.upstream_fd = upstream_fd;
-            s.endpoint = endpoint as u16;
-            s.remote = [zc_upstream, zc_client];
-            s.ops += 2;
-        }
         self.counters.sessions_total += 1;
+        let ticket = Ticket {
+            worker: self.index,
+            key,
+            gen,
+            since: self.now,
+        };
+        match self.shared.admission.admit(ticket, &mut self.woken) {
+            Admit::Now => {
+                if let Some(s) = self.table.get_mut(key, gen) {
+                    s.permit = true;
+                }
+                self.connect_client(key, gen);
+            }
+            Admit::Queued => {
+                self.counters.queued_total += 1;
+                self.queued.push_back((key, gen));
+            }
+            Admit::Rejected => {
+                self.counters.queue_rejected += 1;
+                tracing::debug!("client: admission queue full; closing the new client");
+                self.table.remove(key);
+                sys::close(client_fd, false);
+            }
+        }
+        self.wake_granted();
+    }
+
+    /// A queued client got a slot.
+    fn on_grant(&mut self, t: Ticket) {
+        match self.table.get_mut(t.key, t.gen) {
+            Some(s) if s.state == State::Queued => {
+                s.permit = true;
+                self.counters.queue_wait_ms +=
+                    self.now.saturating_duration_since(t.since).as_millis() as u64;
+                self.connect_client(t.key, t.gen);
+            }
+            // The client went away (or timed out) after the grant was made.
+            _ => {
+                self.shared.admission.release(&mut self.woken);
+                self.wake_granted();
+            }
+        }
+    }
+
+    /// Pairs an admitted client with an upstream: a warm connection of the picked
+    /// endpoint if one is alive, else a dial.
+    fn connect_client(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        let (listener, tried) = (s.listener as usize, s.tried);
+        let l = &mut self.listeners[listener];
+        let Some(ep) = upstream::pick(
+            &self.shared.endpoints,
+            &l.endpoints,
+            self.settings.balance,
+            &mut l.next,
+            tried,
+            false,
+        ) else {
+            return self.retry_later(key, gen);
+        };
+        self.pool.record_demand(ep);
+        if let Some(s) = self.table.get_mut(key, gen) {
+            s.endpoint = ep as u16;
+        }
+        if self.settings.pool_enabled {
+            while let Some(conn) = self.pool.take(ep) {
+                if sys::peek_alive(conn.fd) {
+                    self.counters.pool_hits += 1;
+                    if let Some(s) = self.table.get_mut(key, gen) {
+                        s.upstream_fd = conn.fd;
+                    }
+                    return self.activate(key, gen);
+                }
+                self.counters.pool_dead += 1;
+                sys::close(conn.fd, false);
+            }
+            self.counters.pool_misses += 1;
+        }
+        self.dial(key, gen, ep);
+    }
+
+    /// Starts a dial of endpoint `ep` for entry `key` (a client's or the pool's).
+    fn dial(&mut self, key: usize, gen: u32, ep: usize) {
+        let addr = self.shared.endpoints.get(ep).addr;
+        let sock = match sys::stream_socket(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(upstream = %addr, "internal: cannot create an upstream socket: {e}");
+                self.counters.upstream_connect_errors += 1;
+                return self.begin_close(key, gen, false);
+            }
+        };
+        let fd = sock.as_raw_fd();
+        let _ = sys::set_nodelay(fd);
+        if let Err(e) = sys::set_upstream_keepalive(fd) {
+            tracing::debug!(upstream = %addr, "upstream: cannot set keepalive: {e}");
+        }
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.upstream_fd = sock.into_raw_fd();
+        s.endpoint = ep as u16;
+        if s.state != State::PoolDial {
+            s.state = State::Connecting;
+        }
+        s.ops += 2;
         self.ring.connect(
-            upstream_fd,
-            endpoint,
+            fd,
+            ep,
             Token::new(key, gen, OpKind::Connect),
             Token::new(key, gen, OpKind::ConnectTimeout),
         );
     }
 
+    /// The session relays from now on.
+    fn activate(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.state = State::Active;
+        s.counted = true;
+        let ep = s.endpoint as usize;
+        let client_fd = s.client_fd;
+        let listener = s.listener as usize;
+        self.shared
+            .endpoints
+            .get(ep)
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        let upstream_remote = !self.shared.endpoints.get(ep).addr.ip().is_loopback();
+        let client_remote = !self.listeners[listener].loopback
+            && sys::peer_addr(client_fd)
+                .map(|a| !a.ip().is_loopback())
+                .unwrap_or(false);
+        if let Some(s) = self.table.get_mut(key, gen) {
+            s.remote[CLIENT_TO_UPSTREAM] = upstream_remote;
+            s.remote[UPSTREAM_TO_CLIENT] = client_remote;
+        }
+        self.table.touch(key, self.now_ms);
+        self.arm_recv(key, gen, CLIENT_TO_UPSTREAM);
+        self.arm_recv(key, gen, UPSTREAM_TO_CLIENT);
+    }
+
     fn on_session_op(&mut self, token: Token, res: i32, flags: u32) {
         let key = token.key as usize;
         let Some(s) = self.table.get_mut(key, token.gen) else {
-            // A completion for a freed slot: nothing of it can be in use any more.
+            // A completion for a freed entry: nothing of it can be in use any more.
             self.drop_received(cqueue::buffer_select(flags));
             return;
         };
@@ -242,6 +444,11 @@ impl Worker {
         }
         match token.op {
             OpKind::Connect => self.on_connect(key, token.gen, res),
+            OpKind::RetryTimer => {
+                if self.table.get_mut(key, token.gen).map(|s| s.state) == Some(State::RetryWait) {
+                    self.connect_client(key, token.gen);
+                }
+            }
             OpKind::Recv => self.on_recv(key, token.gen, token.dir as usize, res, flags),
             OpKind::Send => {
                 self.on_send(key, token.gen, token.dir as usize, token.slot, res, flags)
@@ -252,31 +459,266 @@ impl Worker {
             OpKind::ConnectTimeout | OpKind::Cancel => {}
             OpKind::Accept | OpKind::Tick | OpKind::Wake => {}
         }
-        self.finish_if_drained(key, token.gen);
+        self.settle(key, token.gen);
     }
 
     fn on_connect(&mut self, key: usize, gen: u32, res: i32) {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
         };
-        if s.state != State::Connecting {
+        let state = s.state;
+        if state != State::Connecting && state != State::PoolDial {
             return;
         }
-        if res < 0 {
-            let endpoint = self.endpoints[s.endpoint as usize];
-            if res == -libc::ECANCELED {
-                self.counters.upstream_connect_timeouts += 1;
-                tracing::debug!(upstream = %endpoint, "upstream: connect timed out");
-            } else {
-                self.counters.upstream_connect_errors += 1;
-                tracing::debug!(upstream = %endpoint, "upstream: connect failed: {}", std::io::Error::from_raw_os_error(-res));
+        let ep = s.endpoint as usize;
+        let health = self.settings.health_enabled;
+        if res >= 0 {
+            if health {
+                self.shared.endpoints.observe(ep, true);
             }
-            self.begin_close(key, gen, false);
+            if state == State::PoolDial {
+                s.state = State::PoolReady;
+            } else {
+                self.activate(key, gen);
+            }
             return;
         }
-        s.state = State::Active;
-        self.arm_recv(key, gen, crate::conn::CLIENT_TO_UPSTREAM);
-        self.arm_recv(key, gen, crate::conn::UPSTREAM_TO_CLIENT);
+        let addr = self.shared.endpoints.get(ep).addr;
+        if res == -libc::ECANCELED {
+            self.counters.upstream_connect_timeouts += 1;
+            tracing::debug!(upstream = %addr, "upstream: connect timed out");
+        } else {
+            tracing::debug!(upstream = %addr, "upstream: connect failed: {}", std::io::Error::from_raw_os_error(-res));
+        }
+        self.counters.upstream_connect_errors += 1;
+        if health && self.shared.endpoints.observe(ep, false) == upstream::Transition::WentDown {
+            tracing::warn!(upstream = %addr, "upstream: dials keep failing, endpoint marked down");
+            self.shared.wake_all();
+        }
+        let fd = std::mem::replace(&mut s.upstream_fd, -1);
+        sys::close(fd, false);
+        if state == State::PoolDial {
+            return self.begin_close(key, gen, false);
+        }
+        // A client's dial: another healthy endpoint at once, the same one after
+        // retry_interval, at most max_retries more attempts in all.
+        s.tried |= 1u64 << (ep % 64);
+        if s.retries >= self.settings.max_retries {
+            self.counters.connection_failures += 1;
+            tracing::debug!(upstream = %addr, retries = s.retries, "upstream: giving up on the client after its retries");
+            return self.begin_close(key, gen, false);
+        }
+        s.retries += 1;
+        self.counters.connect_retries += 1;
+        let (listener, tried) = (s.listener as usize, s.tried);
+        let l = &mut self.listeners[listener];
+        match upstream::pick(
+            &self.shared.endpoints,
+            &l.endpoints,
+            self.settings.balance,
+            &mut l.next,
+            tried,
+            true,
+        ) {
+            Some(next) => self.dial(key, gen, next),
+            None => self.retry_later(key, gen),
+        }
+    }
+
+    /// Every healthy endpoint failed this round: try again after `retry_interval`.
+    fn retry_later(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.state = State::RetryWait;
+        s.tried = 0;
+        s.ops += 1;
+        self.ring
+            .retry_timer(Token::new(key, gen, OpKind::RetryTimer));
+    }
+
+    /// Starts tearing an entry down: cancels its ops; it is freed when the last completes.
+    pub(crate) fn begin_close(&mut self, key: usize, gen: u32, reset: bool) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.reset |= reset;
+        if s.state == State::Draining {
+            return;
+        }
+        let prev = std::mem::replace(&mut s.state, State::Draining);
+        let fds = [s.client_fd, s.upstream_fd];
+        let pending = s.ops > 0;
+        if prev == State::Queued {
+            // Not found: the grant is on its way and will be given back (on_grant).
+            self.shared.admission.withdraw(self.index, key, gen);
+        }
+        if prev == State::RetryWait {
+            if let Some(s) = self.table.get_mut(key, gen) {
+                s.ops += 1;
+            }
+            self.ring.cancel_op(
+                Token::new(key, gen, OpKind::RetryTimer),
+                Token::new(key, gen, OpKind::Cancel),
+            );
+        }
+        if pending {
+            for fd in fds.into_iter().filter(|fd| *fd >= 0) {
+                if let Some(s) = self.table.get_mut(key, gen) {
+                    s.ops += 1;
+                }
+                self.ring
+                    .cancel_fd(fd, Token::new(key, gen, OpKind::Cancel));
+            }
+        }
+        self.table.unlink(key);
+        self.settle(key, gen);
+    }
+
+    /// After an op of entry `key` completed or it started closing: free a drained entry,
+    /// or move a connected pool dial into the pool, once no op of it is in flight.
+    pub(crate) fn settle(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        if s.ops > 0 {
+            return;
+        }
+        match s.state {
+            State::Draining => self.finalize(key),
+            State::PoolReady => {
+                let s = self.table.remove(key);
+                let ep = s.endpoint as usize;
+                self.pool.dial_ended(ep);
+                if self.stopping || !self.shared.endpoints.is_up(ep) || !self.settings.pool_enabled
+                {
+                    sys::close(s.upstream_fd, false);
+                } else {
+                    self.pool.put(
+                        ep,
+                        IdleConn {
+                            fd: s.upstream_fd,
+                            since: self.now,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Frees a drained entry: its slots, its `max_active` slot, its fds, its key.
+    fn finalize(&mut self, key: usize) {
+        let mut s = self.table.remove(key);
+        let mut recycled = 0;
+        for d in &mut s.dirs {
+            recycled += self.ring.buffers.clear(&mut d.queue);
+        }
+        if recycled > 0 {
+            self.serve_waiters();
+        }
+        let ep = s.endpoint as usize;
+        if s.counted {
+            self.shared
+                .endpoints
+                .get(ep)
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        if s.client_fd < 0 {
+            self.pool.dial_ended(ep);
+        }
+        if s.permit {
+            self.shared.admission.release(&mut self.woken);
+        }
+        sys::close(s.client_fd, s.reset);
+        sys::close(s.upstream_fd, s.reset);
+        self.wake_granted();
+    }
+
+    /// Closes the idle connections of endpoints that went down since the last look.
+    fn flush_down_endpoints(&mut self) {
+        for ep in 0..self.shared.endpoints.len() {
+            let epoch = self.shared.endpoints.down_epoch(ep);
+            let before = self.fds.len();
+            if self.pool.flush_if_went_down(ep, epoch, &mut self.fds) {
+                self.counters.pool_flushed += (self.fds.len() - before) as u64;
+            }
+        }
+        self.close_fds();
+    }
+
+    /// Expires and checks idle pooled connections, closes inactive sessions and clients
+    /// that waited past the queue timeout.
+    fn sweep(&mut self) {
+        let now = self.now;
+        self.pool.rotate(now);
+        for ep in 0..self.shared.endpoints.len() {
+            let before = self.fds.len();
+            self.pool
+                .expire(ep, now, self.settings.idle_timeout, &mut self.fds);
+            self.counters.pool_expired += (self.fds.len() - before) as u64;
+            let before = self.fds.len();
+            self.pool.retain(ep, sys::peek_alive, &mut self.fds);
+            self.counters.pool_dead += (self.fds.len() - before) as u64;
+        }
+        self.close_fds();
+
+        let idle_ms = self.settings.idle_timeout.as_millis() as u64;
+        while let Some((key, gen, last)) = self.table.oldest_active() {
+            if last + idle_ms > self.now_ms {
+                break;
+            }
+            self.counters.session_timeouts += 1;
+            tracing::debug!(
+                "client: session closed after {:?} without traffic",
+                self.settings.idle_timeout
+            );
+            self.begin_close(key, gen, false);
+        }
+
+        let queue_ms = self.settings.queue_timeout.as_millis() as u64;
+        while let Some(&(key, gen)) = self.queued.front() {
+            let Some(s) = self.table.get_mut(key, gen) else {
+                self.queued.pop_front();
+                continue;
+            };
+            if s.state != State::Queued {
+                self.queued.pop_front();
+                continue;
+            }
+            if s.last_active + queue_ms > self.now_ms {
+                break;
+            }
+            self.queued.pop_front();
+            self.counters.queue_timeouts += 1;
+            tracing::debug!(
+                "client: closed after waiting {:?} for admission",
+                self.settings.queue_timeout
+            );
+            self.begin_close(key, gen, false);
+        }
+    }
+
+    /// Dials healthy endpoints up to their pool targets.
+    fn refill(&mut self) {
+        if !self.settings.pool_enabled || self.stopping {
+            return;
+        }
+        for ep in 0..self.shared.endpoints.len() {
+            if !self.shared.endpoints.is_up(ep) {
+                continue;
+            }
+            for _ in 0..self.pool.deficit(ep, self.now).min(REFILL_PER_TICK) {
+                let Some((key, gen)) = self.table.insert(-1, 0, State::PoolDial, self.now_ms)
+                else {
+                    return;
+                };
+                self.pool.dial_started(ep);
+                self.counters.pool_dials += 1;
+                self.dial(key, gen, ep);
+            }
+        }
     }
 
     /// Which send op a direction uses for `len` bytes.
@@ -304,7 +746,8 @@ const ZEROCOPY_MIN: usize = 16 * 1024;
 /// A running proxy: its bound addresses, its counters, and the way to stop it.
 pub struct ProxyHandle {
     threads: Vec<JoinHandle<Result<(), ProxyError>>>,
-    control: Arc<Control>,
+    prober: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
     published: Vec<Arc<PublishedCounters>>,
     listen_addrs: Vec<(String, SocketAddr)>,
 }
@@ -315,9 +758,25 @@ impl ProxyHandle {
         self.listen_addrs.clone()
     }
 
-    /// The counters as last published by the workers (every 100 ms).
+    /// The counters as last published by the workers (every 100 ms), with the admission
+    /// and endpoint state as of now.
     pub fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::collect(&self.published)
+        let mut s = StatsSnapshot::collect(&self.published);
+        s.admitted = self.shared.admission.active() as u64;
+        s.queued = self.shared.admission.queued() as u64;
+        let t = &self.shared.endpoints;
+        s.endpoints = (0..t.len())
+            .map(|id| {
+                let e = t.get(id);
+                EndpointSnapshot {
+                    addr: e.addr,
+                    up: t.is_up(id),
+                    active: e.active.load(Ordering::Relaxed) as u64,
+                    probes_failed: e.probes_failed.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        s
     }
 
     /// Asks every worker to stop and waits for them.
@@ -327,9 +786,9 @@ impl ProxyHandle {
     }
 
     /// Waits until the workers stop (after a trigger, or on a fatal error).
-    pub fn wait(self) -> Result<(), ProxyError> {
+    pub fn wait(mut self) -> Result<(), ProxyError> {
         let mut result = Ok(());
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let r = t.join().unwrap_or_else(|_| {
                 Err(ProxyError::Internal {
                     what: "a worker thread panicked".into(),
@@ -338,14 +797,16 @@ impl ProxyHandle {
             });
             if let Err(e) = r {
                 // One worker failing stops the others: a partial proxy is worse than none.
-                ShutdownTrigger {
-                    control: self.control.clone(),
-                }
-                .trigger();
+                self.shutdown_trigger().trigger();
                 if result.is_ok() {
                     result = Err(e);
                 }
             }
+        }
+        // The workers are gone: the prober stops too.
+        self.shutdown_trigger().trigger();
+        if let Some(p) = self.prober.take() {
+            let _ = p.join();
         }
         result
     }
@@ -353,7 +814,7 @@ impl ProxyHandle {
     /// A handle that can stop the proxy from another thread (a signal handler thread).
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {
         ShutdownTrigger {
-            control: self.control.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -361,19 +822,28 @@ impl ProxyHandle {
 /// Stops the proxy from another thread.
 #[derive(Clone)]
 pub struct ShutdownTrigger {
-    control: Arc<Control>,
+    shared: Arc<Shared>,
 }
 
 impl ShutdownTrigger {
     pub fn trigger(&self) {
-        self.control.stop.store(true, Ordering::Release);
-        for fd in &self.control.wake_fds {
-            sys::eventfd_signal(fd.as_raw_fd());
-        }
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_all();
     }
 }
 
-/// Binds every listener, starts the workers, and returns once they are accepting.
+/// How often the sweep runs: a tenth of the shortest timer it serves, between 100 ms and 1 s.
+fn sweep_period(config: &Config) -> Duration {
+    let c = &config.connection;
+    let mut shortest = c.pool.idle_timeout.min(c.pool.queue_timeout);
+    if c.health_check.enabled {
+        shortest = shortest.min(c.health_check.interval);
+    }
+    (shortest / 10).clamp(TICK, Duration::from_secs(1))
+}
+
+/// Binds every listener, starts the workers (and the health prober), and returns once
+/// every worker is accepting.
 pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     let workers = config.workers.resolve();
     let conn = &config.connection;
@@ -389,16 +859,16 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
 
-    // Every endpoint of every listener, each listener pointing into this list.
-    let mut endpoints = Vec::new();
+    // Every endpoint of every listener; a listener's endpoints are ids into this list.
+    let mut endpoint_addrs = Vec::new();
     let mut listener_endpoints = Vec::new();
     for l in &config.listeners {
-        let mut idx = Vec::new();
+        let mut ids = Vec::new();
         for addr in &l.resolved {
-            idx.push(endpoints.len());
-            endpoints.push(*addr);
+            ids.push(endpoint_addrs.len());
+            endpoint_addrs.push(*addr);
         }
-        listener_endpoints.push(idx);
+        listener_endpoints.push(ids);
     }
 
     // Bind worker 0's sockets first so port 0 resolves once, then the rest on that port.
@@ -425,13 +895,26 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         wake_fds.push(sys::eventfd().map_err(internal("cannot create an eventfd".into()))?);
     }
     let wake_raw: Vec<RawFd> = wake_fds.iter().map(|f| f.as_raw_fd()).collect();
-    let control = Arc::new(Control {
+    let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         wake_fds,
+        admission: Admission::new(conn.pool.max_active, conn.pool.max_queued, workers),
+        endpoints: EndpointTable::new(
+            &endpoint_addrs,
+            conn.health_check.rise,
+            conn.health_check.fall,
+        ),
     });
     let settings = Settings {
         max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
         send_mode: conn.buffer.send_mode,
+        pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
+        idle_timeout: conn.pool.idle_timeout,
+        queue_timeout: conn.pool.queue_timeout,
+        max_retries: conn.pool.max_retries,
+        balance: conn.pool.balance,
+        health_enabled: conn.health_check.enabled,
+        sweep_every: sweep_period(&config),
     };
 
     let mut threads = Vec::new();
@@ -452,13 +935,13 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                 loopback: addr.ip().is_loopback(),
             })
             .collect();
-        let endpoints = endpoints.clone();
+        let endpoint_addrs = endpoint_addrs.clone();
         let settings = settings.clone();
-        let control = control.clone();
+        let shared = shared.clone();
         let wake_fd = wake_raw[index];
         let ready = ready_tx.clone();
         let slot_size = conn.buffer.size;
-        let connect_timeout = conn.pool.connect_timeout;
+        let pool_cfg = conn.pool.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sssonector-w{index}"))
             .spawn(move || {
@@ -467,7 +950,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     uring::probe(&ring)?;
                     let buffers = BufferRegistry::new(slots, slot_size)
                         .map_err(internal(format!("cannot map {slots} buffers of {slot_size} bytes")))?;
-                    let mut ring = Ring::new(ring, buffers, &endpoints, connect_timeout, TICK);
+                    let mut ring = Ring::new(ring, buffers, &endpoint_addrs, pool_cfg.connect_timeout, pool_cfg.retry_interval, TICK);
                     let registration = ring.register_buffers().map_err(|e| {
                         ProxyError::UringUnavailable(format!(
                             "cannot register a provided-buffer ring ({e}); Linux >= 5.19 is required"
@@ -489,19 +972,28 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     .store(registration == Registration::Registered, Ordering::Relaxed);
                 let _ = ready.send(Ok(registration));
                 drop(ready);
+                let now = Instant::now();
                 let worker = Worker {
+                    index,
                     ring,
                     table: ConnTable::default(),
                     listeners,
-                    endpoints,
+                    pool: WarmPool::new(endpoint_addrs.len(), index, workers, pool_cfg.max_idle, pool_cfg.idle_timeout, now),
                     settings,
                     waiters: VecDeque::new(),
                     counters: WorkerCounters::default(),
+                    queued: VecDeque::new(),
                     published: counters,
-                    control,
+                    shared,
                     wake_fd,
                     stopping: false,
                     cancelled_all: false,
+                    started: now,
+                    now,
+                    now_ms: 0,
+                    next_sweep: now,
+                    woken: Vec::new(),
+                    fds: Vec::new(),
                 };
                 worker.run()
             })
@@ -509,9 +1001,10 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         threads.push(thread);
     }
     drop(ready_tx);
-    let handle = ProxyHandle {
+    let mut handle = ProxyHandle {
         threads,
-        control,
+        prober: None,
+        shared: shared.clone(),
         published,
         listen_addrs,
     };
@@ -524,6 +1017,12 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             }
             Err(_) => break,
         }
+    }
+    if conn.health_check.enabled {
+        handle.prober = Some(
+            crate::health::spawn(shared, conn.health_check.clone())
+                .map_err(internal("cannot spawn the health prober".into()))?,
+        );
     }
     Ok(handle)
 }

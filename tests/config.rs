@@ -41,6 +41,7 @@ fn spec_defaults() -> ConnectionConfig {
             max_retries: 3,
             connect_timeout: secs(5),
             queue_timeout: secs(10),
+            max_queued: 1000,
             balance: Balance::RoundRobin,
         },
         health_check: HealthCheckConfig {
@@ -407,6 +408,7 @@ fn cli_check_prints_filled_defaults() {
         "max_retries: 3",
         "connect_timeout: 5s",
         "queue_timeout: 10s",
+        "max_queued: 1000",
         "balance: round_robin",
         "interval: 30s",
         "timeout: 1s",

@@ -21,8 +21,17 @@ fn sessions_and_shutdown_leave_no_fd_open() {
         }
     });
     let refused = closed_port();
-    let proxy = start_proxy_with(&[&[echo.addr], &[resetter.addr], &[refused]], 2, "");
-    let baseline = open_fds();
+    // No retries: the refused client is closed at once. The warm pools of the two live
+    // endpoints (10 each) are part of the baseline: sessions take from them, and they
+    // are refilled.
+    let proxy = start_proxy_with(
+        &[&[echo.addr], &[resetter.addr], &[refused]],
+        2,
+        "  pool:\n    max_idle: 10\n    max_retries: 0\n",
+    );
+    let pools_full = |s: &sssonector::StatsSnapshot| s.total.pool_idle == 20;
+    proxy.wait_for("warm pools filled", pools_full);
+    let baseline = settle_fds(open_fds());
 
     // Clean close, half-close first, then many at once.
     for _ in 0..3 {
@@ -55,8 +64,8 @@ fn sessions_and_shutdown_leave_no_fd_open() {
     assert!(matches!(c.read(&mut [0u8; 8]), Ok(0) | Err(_)));
     drop(c);
 
-    proxy.wait_for("all sessions closed", |s| {
-        s.total.sessions_active == 0 && s.total.sessions_total == 106
+    proxy.wait_for("all sessions closed, pools refilled", |s| {
+        s.total.sessions_active == 0 && s.total.sessions_total == 106 && pools_full(s)
     });
     assert_eq!(settle_fds(baseline), baseline, "sessions left fds open");
     proxy.stop();

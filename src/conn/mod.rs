@@ -1,23 +1,31 @@
 //! The per-worker connection table: a slab of sessions with a generation per slot, so a
-//! completion that arrives for a freed and reused slot is recognised and dropped.
+//! completion that arrives for a freed and reused slot is recognised and dropped; and the
+//! active list, least recently active first, that the sweep walks from its old end.
 
 use std::os::fd::RawFd;
 
 use slab::Slab;
 
 use crate::buffer::SlotQueue;
-
 use crate::uring::{GEN_MASK, MAX_KEYS};
 
-/// Where a session is in its life.
+/// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// Dialing the upstream; the client waits.
+    /// A client waiting for admission under `max_active`; nothing is read from it yet.
+    Queued,
+    /// Dialing the upstream for a client.
     Connecting,
+    /// A dial failed on every healthy endpoint; the next try waits `retry_interval`.
+    RetryWait,
     /// Relaying both ways (possibly one way after a half-close).
     Active,
     /// Tearing down: ops are being cancelled; freed when the last completion arrives.
     Draining,
+    /// A dial for the warm pool (no client).
+    PoolDial,
+    /// A pool dial that connected; it joins the pool once its last completion is in.
+    PoolReady,
 }
 
 /// Direction 0 carries client bytes to the upstream, direction 1 the reverse.
@@ -41,11 +49,14 @@ pub struct Direction {
     pub shut: bool,
 }
 
-/// A client and its upstream.
+const NIL: u32 = u32::MAX;
+
+/// A client and its upstream, or a pool dial.
 #[derive(Debug)]
 pub struct Session {
     pub gen: u32,
     pub state: State,
+    /// -1 for a pool dial.
     pub client_fd: RawFd,
     /// -1 until the upstream socket exists.
     pub upstream_fd: RawFd,
@@ -54,10 +65,23 @@ pub struct Session {
     pub dirs: [Direction; 2],
     /// Submitted ops of this session whose last completion has not arrived.
     pub ops: u32,
-    /// Per direction: whether its destination is off this host (zero-copy may pay off).
-    pub remote: [bool; 2],
     /// Close with RST (SO_LINGER 0) rather than FIN: a peer reset or an error.
     pub reset: bool,
+    /// Per direction: whether its destination is off this host (zero-copy may pay off).
+    pub remote: [bool; 2],
+    /// Holds one of the global `max_active` slots.
+    pub permit: bool,
+    /// Counted in its endpoint's active sessions (for `least_active`).
+    pub counted: bool,
+    /// Endpoints (bit = id % 64) whose dial failed in this round of tries.
+    pub tried: u64,
+    /// Dial attempts after the first.
+    pub retries: u32,
+    /// Worker clock (ms) of the last byte either way; for a queued client, when it queued.
+    pub last_active: u64,
+    prev: u32,
+    next: u32,
+    in_list: bool,
 }
 
 impl Session {
@@ -71,10 +95,12 @@ impl Session {
     }
 }
 
-/// The slab plus the generation counter.
+/// The slab, the generation counter and the active list.
 pub struct ConnTable {
     slab: Slab<Session>,
     next_gen: u32,
+    head: u32,
+    tail: u32,
 }
 
 impl Default for ConnTable {
@@ -82,21 +108,29 @@ impl Default for ConnTable {
         ConnTable {
             slab: Slab::new(),
             next_gen: 1,
+            head: NIL,
+            tail: NIL,
         }
     }
 }
 
 impl ConnTable {
-    /// Adds a session for an accepted client; `None` when the table is full.
-    pub fn insert(&mut self, client_fd: RawFd, listener: u16) -> Option<(usize, u32)> {
-        if self.slab.len() >= MAX_KEYS {
+    /// Adds an entry; `None` when the table is full.
+    pub fn insert(
+        &mut self,
+        client_fd: RawFd,
+        listener: u16,
+        state: State,
+        now_ms: u64,
+    ) -> Option<(usize, u32)> {
+        if self.slab.len() >= MAX_KEYS - 1 {
             return None;
         }
         let gen = self.next_gen;
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let key = self.slab.insert(Session {
             gen,
-            state: State::Connecting,
+            state,
             client_fd,
             upstream_fd: -1,
             listener,
@@ -105,6 +139,14 @@ impl ConnTable {
             ops: 0,
             reset: false,
             remote: [false; 2],
+            permit: false,
+            counted: false,
+            tried: 0,
+            retries: 0,
+            last_active: now_ms,
+            prev: NIL,
+            next: NIL,
+            in_list: false,
         });
         Some((key, gen))
     }
@@ -114,7 +156,12 @@ impl ConnTable {
         self.slab.get_mut(key).filter(|s| s.gen == gen)
     }
 
+    pub fn get(&self, key: usize) -> Option<&Session> {
+        self.slab.get(key)
+    }
+
     pub fn remove(&mut self, key: usize) -> Session {
+        self.unlink(key);
         self.slab.remove(key)
     }
 
@@ -126,9 +173,73 @@ impl ConnTable {
         self.slab.is_empty()
     }
 
-    /// Keys and generations of every session (for shutdown).
+    /// Keys and generations of every entry (for shutdown).
     pub fn keys(&self) -> Vec<(usize, u32)> {
         self.slab.iter().map(|(k, s)| (k, s.gen)).collect()
+    }
+
+    /// Counts entries in `state`.
+    pub fn count(&self, state: State) -> usize {
+        self.slab.iter().filter(|(_, s)| s.state == state).count()
+    }
+
+    /// Records activity: the session moves to the young end of the active list. Called
+    /// per received chunk; a no-op within the same millisecond.
+    pub fn touch(&mut self, key: usize, now_ms: u64) {
+        let Some(s) = self.slab.get_mut(key) else {
+            return;
+        };
+        if s.in_list && s.last_active == now_ms {
+            return;
+        }
+        s.last_active = now_ms;
+        self.unlink(key);
+        self.link_back(key);
+    }
+
+    /// Takes a session off the active list (it is closing).
+    pub fn unlink(&mut self, key: usize) {
+        let Some(s) = self.slab.get_mut(key) else {
+            return;
+        };
+        if !s.in_list {
+            return;
+        }
+        let (prev, next) = (s.prev, s.next);
+        s.in_list = false;
+        s.prev = NIL;
+        s.next = NIL;
+        match self.slab.get_mut(prev as usize) {
+            Some(p) if prev != NIL => p.next = next,
+            _ => self.head = next,
+        }
+        match self.slab.get_mut(next as usize) {
+            Some(n) if next != NIL => n.prev = prev,
+            _ => self.tail = prev,
+        }
+    }
+
+    fn link_back(&mut self, key: usize) {
+        let tail = self.tail;
+        if let Some(s) = self.slab.get_mut(key) {
+            s.in_list = true;
+            s.prev = tail;
+            s.next = NIL;
+        }
+        match self.slab.get_mut(tail as usize) {
+            Some(t) if tail != NIL => t.next = key as u32,
+            _ => self.head = key as u32,
+        }
+        self.tail = key as u32;
+    }
+
+    /// The least recently active session, if any: (key, generation, last activity).
+    pub fn oldest_active(&self) -> Option<(usize, u32, u64)> {
+        if self.head == NIL {
+            return None;
+        }
+        let key = self.head as usize;
+        self.slab.get(key).map(|s| (key, s.gen, s.last_active))
     }
 }
 
@@ -139,12 +250,33 @@ mod tests {
     #[test]
     fn stale_generation_is_not_found() {
         let mut t = ConnTable::default();
-        let (k, g) = t.insert(10, 0).expect("room");
+        let (k, g) = t.insert(10, 0, State::Connecting, 0).expect("room");
         t.remove(k);
-        let (k2, g2) = t.insert(11, 0).expect("room");
+        let (k2, g2) = t.insert(11, 0, State::Connecting, 0).expect("room");
         assert_eq!(k, k2, "slab reuses the freed key");
         assert_ne!(g, g2);
         assert!(t.get_mut(k, g).is_none());
         assert!(t.get_mut(k2, g2).is_some());
+    }
+
+    #[test]
+    fn active_list_is_least_recently_active_first() {
+        let mut t = ConnTable::default();
+        let keys: Vec<usize> = (0..4)
+            .map(|i| t.insert(i, 0, State::Active, 0).expect("room").0)
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            t.touch(*k, 10 + i as u64);
+        }
+        assert_eq!(t.oldest_active().map(|o| o.0), Some(keys[0]));
+        t.touch(keys[0], 20);
+        assert_eq!(t.oldest_active().map(|o| (o.0, o.2)), Some((keys[1], 11)));
+        t.remove(keys[1]);
+        t.unlink(keys[2]);
+        assert_eq!(t.oldest_active().map(|o| o.0), Some(keys[3]));
+        t.remove(keys[3]);
+        assert_eq!(t.oldest_active().map(|o| (o.0, o.2)), Some((keys[0], 20)));
+        t.remove(keys[0]);
+        assert_eq!(t.oldest_active(), None);
     }
 }

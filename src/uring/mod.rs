@@ -24,6 +24,8 @@ pub enum OpKind {
     Wake,
     /// A vectored send of several slots; the token's slot field is the message id.
     SendMsg,
+    /// The wait before a client's next dial round.
+    RetryTimer,
 }
 
 impl OpKind {
@@ -38,6 +40,7 @@ impl OpKind {
             7 => OpKind::Tick,
             8 => OpKind::Wake,
             9 => OpKind::SendMsg,
+            10 => OpKind::RetryTimer,
             _ => return None,
         })
     }

@@ -101,6 +101,7 @@ pub struct Ring {
     /// Never grows after construction, so connect ops may point into it.
     endpoints: Vec<RawSockAddr>,
     connect_timeout: Box<Timespec>,
+    retry_interval: Box<Timespec>,
     tick: Box<Timespec>,
     wake_counter: Box<u64>,
     /// Boxed: the Vec grows while sends point into earlier messages.
@@ -121,6 +122,7 @@ impl Ring {
         buffers: BufferRegistry,
         endpoints: &[SocketAddr],
         connect_timeout: Duration,
+        retry_interval: Duration,
         tick: Duration,
     ) -> Ring {
         Ring {
@@ -128,6 +130,7 @@ impl Ring {
             buffers,
             endpoints: endpoints.iter().map(|a| RawSockAddr::new(*a)).collect(),
             connect_timeout: timespec(connect_timeout),
+            retry_interval: timespec(retry_interval),
             tick: timespec(tick),
             wake_counter: Box::new(0),
             msgs: Vec::new(),
@@ -298,6 +301,22 @@ impl Ring {
     /// Cancels every op on `fd`.
     pub fn cancel_fd(&mut self, fd: RawFd, token: Token) {
         let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// Fires once after `retry_interval`.
+    pub fn retry_timer(&mut self, token: Token) {
+        let e = opcode::Timeout::new(&*self.retry_interval)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// Cancels the op submitted with `target`.
+    pub fn cancel_op(&mut self, target: Token, token: Token) {
+        let e = opcode::AsyncCancel::new(target.encode())
             .build()
             .user_data(token.encode());
         self.push(e);
