@@ -91,11 +91,17 @@ pub fn start_proxy(upstream: SocketAddr) -> TestProxy {
     start_proxy_with(&[&[upstream]], 1, "")
 }
 
+type Serve = Arc<dyn Fn(TcpStream) + Send + Sync>;
+
 /// A test upstream: accepts on 127.0.0.1:0 and runs `serve` for each connection on its
-/// own thread. Counts accepted connections.
+/// own thread. Counts accepted and still open connections, can stop accepting and start
+/// again on the same port, and can close every open connection.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    conns: Arc<std::sync::Mutex<Vec<(usize, TcpStream)>>>,
+    serve: Serve,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -107,59 +113,124 @@ impl Upstream {
     {
         let listener = listen_local(4096);
         let addr = listener.local_addr().expect("upstream addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let mut up = Upstream {
+            addr,
+            accepted: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
+            conns: Arc::new(std::sync::Mutex::new(Vec::new())),
+            serve: Arc::new(serve),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        up.accept_on(listener);
+        up
+    }
+
+    fn accept_on(&mut self, listener: TcpListener) {
         let stop = Arc::new(AtomicBool::new(false));
-        let serve = Arc::new(serve);
-        let (acc, st) = (accepted.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
+        self.stop = stop.clone();
+        let (acc, open, conns, serve) = (
+            self.accepted.clone(),
+            self.open.clone(),
+            self.conns.clone(),
+            self.serve.clone(),
+        );
+        self.thread = Some(std::thread::spawn(move || {
             for conn in listener.incoming() {
-                if st.load(Ordering::Acquire) {
+                if stop.load(Ordering::Acquire) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
                 acc.fetch_add(1, Ordering::SeqCst);
-                let serve = serve.clone();
+                open.fetch_add(1, Ordering::SeqCst);
+                // A second handle, so close_open() can shut it down; dropped (and the
+                // socket really closed) as soon as `serve` is done with the connection.
+                let id = acc.load(Ordering::SeqCst);
+                if let Ok(c) = conn.try_clone() {
+                    conns.lock().expect("conns").push((id, c));
+                }
+                let (serve, open, conns) = (serve.clone(), open.clone(), conns.clone());
                 std::thread::Builder::new()
                     .stack_size(256 * 1024)
-                    .spawn(move || serve(conn))
+                    .spawn(move || {
+                        serve(conn);
+                        conns.lock().expect("conns").retain(|(i, _)| *i != id);
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    })
                     .expect("spawn upstream conn thread");
             }
-        });
-        Upstream {
-            addr,
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
+        }));
     }
 
-    /// Echoes everything back, passes the FIN on after the data.
-    pub fn echo() -> Upstream {
-        Upstream::start(|mut conn| {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if conn.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = conn.shutdown(std::net::Shutdown::Write);
-        })
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
+    /// Stops accepting: the port refuses connections; open connections stay.
+    pub fn stop_accepting(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Accepts again on the same port.
+    pub fn resume_accepting(&mut self) {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        s.set_reuse_address(true).expect("reuseaddr");
+        s.bind(&self.addr.into()).expect("bind the same port again");
+        s.listen(4096).expect("listen");
+        self.accept_on(s.into());
+    }
+
+    /// Closes every connection the upstream has (as a server that restarts would).
+    pub fn close_open(&self) {
+        for (_, c) in self.conns.lock().expect("conns").drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Echoes everything back, passes the FIN on after the data.
+    pub fn echo() -> Upstream {
+        Upstream::start(echo_conn)
+    }
+}
+
+/// The echo server's per-connection loop.
+pub fn echo_conn(mut conn: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop_accepting();
+        self.close_open();
+    }
+}
+
+/// Waits up to 10 s for `f` to hold.
+pub fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
