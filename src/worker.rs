@@ -248,9 +248,9 @@ impl Worker {
         self.counters.buffer_slots_in_use = b.in_use() as u64;
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
         self.counters.buffer_allocations = b.allocations();
-        self.counters.sessions_active = (self.table.len()
-            - self.table.count(State::PoolDial)
-            - self.table.count(State::PoolReady)) as u64;
+        // Every pool dial is a table entry until it joins the pool.
+        self.counters.sessions_active =
+            self.table.len().saturating_sub(self.pool.total_dialing()) as u64;
         self.counters.pool_idle = self.pool.total_idle() as u64;
         self.published.publish(&self.counters);
     }

@@ -80,6 +80,11 @@ impl WarmPool {
         self.pools.iter().map(|p| p.idle.len()).sum()
     }
 
+    /// Pool dials in flight, all endpoints.
+    pub fn total_dialing(&self) -> usize {
+        self.pools.iter().map(|p| p.dialing).sum()
+    }
+
     pub fn dial_started(&mut self, endpoint: usize) {
         self.pools[endpoint].dialing += 1;
     }
