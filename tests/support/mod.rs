@@ -304,3 +304,22 @@ pub fn read_to_end(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
     conn.read_to_end(&mut out)?;
     Ok(out)
 }
+
+/// Whether an optional tool is installed. A test that needs it skips with a message when
+/// it is missing, except under `CI=true`, where a missing tool fails the test.
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} ({package}) is required under CI"
+        );
+        eprintln!("skipping: {tool} ({package}) is not installed");
+    }
+    found
+}
