@@ -58,7 +58,7 @@ impl Admission {
 
     fn try_take_slot(&self) -> bool {
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max_active).then_some(n + 1)
             })
             .is_ok()
@@ -74,7 +74,10 @@ impl Admission {
     /// waiting; otherwise the client joins the back of the queue, so nobody jumps it.
     /// Returns the workers to wake for grants this call made.
     pub fn admit(&self, ticket: Ticket, woken: &mut Vec<usize>) -> Admit {
-        if self.queued.load(Ordering::Acquire) == 0 && self.try_take_slot() {
+        // SeqCst on `queued` and `active` throughout: admit writes `queued` then reads
+        // `active`, release writes `active` then reads `queued`; weaker orderings would
+        // let both read the old values and leave a client waiting beside a free slot.
+        if self.queued.load(Ordering::SeqCst) == 0 && self.try_take_slot() {
             return Admit::Now;
         }
         let mut q = self.lock_queue();
@@ -85,7 +88,7 @@ impl Admission {
             return Admit::Rejected;
         }
         q.push_back(ticket);
-        self.queued.store(q.len(), Ordering::Release);
+        self.queued.store(q.len(), Ordering::SeqCst);
         // A slot may have been released between our check and the push.
         self.grant_locked(&mut q, woken);
         Admit::Queued
@@ -93,8 +96,8 @@ impl Admission {
 
     /// Gives a session's slot back; the oldest waiting client gets it.
     pub fn release(&self, woken: &mut Vec<usize>) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        if self.queued.load(Ordering::Acquire) > 0 {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) > 0 {
             let mut q = self.lock_queue();
             self.grant_locked(&mut q, woken);
         }
@@ -111,7 +114,7 @@ impl Admission {
                 woken.push(t.worker);
             }
         }
-        self.queued.store(q.len(), Ordering::Release);
+        self.queued.store(q.len(), Ordering::SeqCst);
     }
 
     /// Takes a waiting client out of the queue (it timed out or went away). `false` when
@@ -120,7 +123,7 @@ impl Admission {
         let mut q = self.lock_queue();
         let before = q.len();
         q.retain(|t| !(t.worker == worker && t.key == key && t.gen == gen));
-        self.queued.store(q.len(), Ordering::Release);
+        self.queued.store(q.len(), Ordering::SeqCst);
         q.len() < before
     }
 

@@ -243,7 +243,7 @@ impl Worker {
             let Some(s) = self.table.get_mut(key, gen) else {
                 continue;
             };
-            if !s.dirs[dir].parked {
+            if !s.dirs[dir].parked || s.state != State::Active {
                 continue;
             }
             s.dirs[dir].parked = false;

@@ -26,6 +26,8 @@ const RING_ENTRIES: u32 = 4096;
 const TICK: Duration = Duration::from_millis(100);
 /// Pool dials one endpoint may start per tick (a burst of refills is spread out).
 const REFILL_PER_TICK: usize = 32;
+/// How long a stopping worker waits for zero-copy notifications of closed sessions.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Slab key used by ops that belong to the worker, not to a session.
 const WORKER_KEY: usize = crate::uring::MAX_KEYS - 1;
 
@@ -78,6 +80,7 @@ pub(crate) struct Settings {
     pub idle_timeout: Duration,
     pub queue_timeout: Duration,
     pub max_retries: u32,
+    pub retry_interval: Duration,
     pub balance: Balance,
     pub health_enabled: bool,
     /// How often the sweep walks the idle pool, the active list and the queue.
@@ -116,11 +119,13 @@ impl Worker {
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
-        self.ring.tick(Token::new(WORKER_KEY, 0, OpKind::Tick));
+        self.ring
+            .tick(Token::new(WORKER_KEY, 0, OpKind::Tick), false);
         self.ring
             .wait_wake(self.wake_fd, Token::new(WORKER_KEY, 0, OpKind::Wake));
         self.refill();
         let mut cqes = Vec::with_capacity(1024);
+        let mut stop_deadline = self.now;
         loop {
             self.ring
                 .submit_and_wait()
@@ -137,10 +142,27 @@ impl Worker {
             if self.stopping && self.table.is_empty() {
                 if !self.cancelled_all {
                     self.cancelled_all = true;
+                    stop_deadline = self.now + STOP_GRACE;
                     self.ring
                         .cancel_all(Token::new(WORKER_KEY, 0, OpKind::Cancel));
+                    // Wakes the loop while zero-copy notifications may still be due.
+                    self.ring
+                        .tick(Token::new(WORKER_KEY, 0, OpKind::Tick), true);
                 }
                 if self.ring.in_flight() == 0 {
+                    break;
+                }
+                if self.now >= stop_deadline {
+                    // Only zero-copy notifications can be left (every session is gone):
+                    // their pages stay pinned by the kernel, so leaving is safe.
+                    tracing::warn!(
+                        ops = self.ring.in_flight(),
+                        "worker stopping with zero-copy notifications still due"
+                    );
+                    break;
+                }
+                if self.ring.in_flight() == 1 {
+                    // Only the wake-up tick is left (it is re-armed while waiting).
                     break;
                 }
             }
@@ -156,7 +178,23 @@ impl Worker {
         };
         match token.op {
             OpKind::Accept => self.on_accept(token.key as usize, res, flags),
-            OpKind::Tick => self.on_tick(),
+            OpKind::Tick => {
+                // While stopping, the tick only wakes the loop to check its grace period.
+                if !cqueue::more(flags)
+                    && res != -libc::ECANCELED
+                    && (!self.stopping || self.cancelled_all)
+                {
+                    // Multishot timeouts end on CQ overflow, and kernels before 6.4
+                    // refuse them (EINVAL): fall back to re-arming a one-shot tick.
+                    self.ring.tick(
+                        Token::new(WORKER_KEY, 0, OpKind::Tick),
+                        res == -libc::EINVAL,
+                    );
+                }
+                if res != -libc::EINVAL {
+                    self.on_tick();
+                }
+            }
             OpKind::Wake => self.on_wake(res),
             OpKind::Cancel if token.key as usize == WORKER_KEY => {}
             _ => self.on_session_op(token, res, flags),
@@ -183,7 +221,11 @@ impl Worker {
             }
             return;
         }
-        if !self.listeners[index].accept_armed && !self.stopping {
+        if self.stopping {
+            sys::close(res, false);
+            return;
+        }
+        if !self.listeners[index].accept_armed {
             self.arm_accept(index);
         }
         self.accept_client(index, res);
@@ -202,6 +244,9 @@ impl Worker {
                 self.sweep();
             }
             self.refill();
+            // A parked direction re-armed without data leaves its slot in the ring: give
+            // the rest of the wait list another go.
+            self.serve_waiters();
         }
         self.publish();
     }
@@ -435,11 +480,23 @@ impl Worker {
     fn on_session_op(&mut self, token: Token, res: i32, flags: u32) {
         let key = token.key as usize;
         let Some(s) = self.table.get_mut(key, token.gen) else {
-            // A completion for a freed entry: nothing of it can be in use any more.
+            // A completion for a freed entry: nothing of it can be in use any more. A
+            // zero-copy notification still holds its slot.
+            if token.op == OpKind::Send && cqueue::notif(flags) {
+                self.release_slot(token.slot);
+            }
             self.drop_received(cqueue::buffer_select(flags));
             return;
         };
-        if !cqueue::more(flags) {
+        // A zero-copy send's notification is not counted as one of the session's ops: it
+        // only comes once the peer acknowledged the data (or the socket is gone), so a
+        // closing session must not wait for it; the slot it holds keeps a reference.
+        let done = if token.op == OpKind::Send {
+            !cqueue::notif(flags)
+        } else {
+            !cqueue::more(flags)
+        };
+        if done {
             s.ops -= 1;
         }
         match token.op {
@@ -498,6 +555,8 @@ impl Worker {
         let fd = std::mem::replace(&mut s.upstream_fd, -1);
         sys::close(fd, false);
         if state == State::PoolDial {
+            self.pool
+                .dial_failed(ep, self.now + self.settings.retry_interval);
             return self.begin_close(key, gen, false);
         }
         // A client's dial: another healthy endpoint at once, the same one after
@@ -912,6 +971,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         idle_timeout: conn.pool.idle_timeout,
         queue_timeout: conn.pool.queue_timeout,
         max_retries: conn.pool.max_retries,
+        retry_interval: conn.pool.retry_interval,
         balance: conn.pool.balance,
         health_enabled: conn.health_check.enabled,
         sweep_every: sweep_period(&config),

@@ -25,6 +25,9 @@ struct EndpointPool {
     demand_cur: usize,
     /// The endpoint's down epoch last acted on (a new one means: flush).
     seen_down_epoch: u64,
+    /// After a failed pool dial, no refill before this (health checks may be off, and
+    /// nothing else would stop redialing a dead endpoint every tick).
+    backoff_until: Option<Instant>,
 }
 
 /// One worker's warm connections.
@@ -121,9 +124,17 @@ impl WarmPool {
         }
     }
 
+    /// A pool dial to `endpoint` failed: no refill before `until`.
+    pub fn dial_failed(&mut self, endpoint: usize, until: Instant) {
+        self.pools[endpoint].backoff_until = Some(until);
+    }
+
     /// Dials needed to reach the target.
     pub fn deficit(&self, endpoint: usize, now: Instant) -> usize {
         let p = &self.pools[endpoint];
+        if p.backoff_until.is_some_and(|t| now < t) {
+            return 0;
+        }
         self.target(endpoint, now)
             .saturating_sub(p.idle.len() + p.dialing)
     }
@@ -227,6 +238,10 @@ mod tests {
         );
         p.rotate(later + t + t);
         assert_eq!(p.target(0, later + t + t), 0);
+        let mut q = WarmPool::new(1, 0, 1, 8, t, start);
+        q.dial_failed(0, start + Duration::from_secs(1));
+        assert_eq!(q.deficit(0, start), 0, "backing off after a failed dial");
+        assert_eq!(q.deficit(0, start + Duration::from_secs(1)), 8);
     }
 
     #[test]

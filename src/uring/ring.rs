@@ -110,6 +110,7 @@ pub struct Ring {
     free_msgs: Vec<u16>,
     /// Submitted ops whose final completion has not been reaped.
     in_flight: usize,
+    tick_one_shot: bool,
 }
 
 fn timespec(d: Duration) -> Box<Timespec> {
@@ -136,6 +137,7 @@ impl Ring {
             msgs: Vec::new(),
             free_msgs: Vec::new(),
             in_flight: 0,
+            tick_one_shot: false,
         }
     }
 
@@ -330,10 +332,17 @@ impl Ring {
         self.push(e);
     }
 
-    /// A repeating timer firing every tick.
-    pub fn tick(&mut self, token: Token) {
+    /// A timer firing every tick: a multishot timeout, or with `one_shot` (once the
+    /// kernel refused multishot) a single expiry to re-arm each time.
+    pub fn tick(&mut self, token: Token, one_shot: bool) {
+        self.tick_one_shot |= one_shot;
+        let flags = if self.tick_one_shot {
+            TimeoutFlags::empty()
+        } else {
+            TimeoutFlags::MULTISHOT
+        };
         let e = opcode::Timeout::new(&*self.tick)
-            .flags(TimeoutFlags::MULTISHOT)
+            .flags(flags)
             .build()
             .user_data(token.encode());
         self.push(e);
