@@ -123,15 +123,11 @@ impl Worker {
         let op = self.send_op(remote, front.len);
         let token = Token::new(key, gen, OpKind::Send).dir(dir);
         if queue.len() > 1 && op == SendOp::Send {
-            let parts: Vec<_> = self.ring.buffers.pending(&queue).collect();
-            self.ring.send_vectored(
-                dst,
-                parts.into_iter(),
-                Token {
-                    op: OpKind::SendMsg,
-                    ..token
-                },
-            );
+            let token = Token {
+                op: OpKind::SendMsg,
+                ..token
+            };
+            self.ring.send_queue(dst, &queue, token);
         } else {
             self.ring.send(
                 dst,

@@ -23,7 +23,6 @@ pub struct EndpointState {
     /// Sessions using this endpoint, across workers (for `least_active`).
     pub active: AtomicUsize,
     pub probes_failed: AtomicU64,
-    pub transitions: AtomicU64,
 }
 
 /// Every endpoint of every listener, in worker order (the index is the endpoint id).
@@ -57,7 +56,6 @@ impl EndpointTable {
                     consecutive_fail: AtomicU32::new(0),
                     active: AtomicUsize::new(0),
                     probes_failed: AtomicU64::new(0),
-                    transitions: AtomicU64::new(0),
                 })
                 .collect(),
             rise: rise.max(1),
@@ -93,7 +91,6 @@ impl EndpointTable {
             e.consecutive_fail.store(0, Relaxed);
             let n = e.consecutive_ok.fetch_add(1, Relaxed) + 1;
             if n >= self.rise && !e.up.swap(true, Relaxed) {
-                e.transitions.fetch_add(1, Relaxed);
                 return Transition::CameUp;
             }
         } else {
@@ -101,7 +98,6 @@ impl EndpointTable {
             let n = e.consecutive_fail.fetch_add(1, Relaxed) + 1;
             if n >= self.fall && e.up.swap(false, Relaxed) {
                 e.down_epoch.fetch_add(1, Relaxed);
-                e.transitions.fetch_add(1, Relaxed);
                 return Transition::WentDown;
             }
         }

@@ -12,7 +12,7 @@ use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 
 use super::Token;
-use crate::buffer::{BufferRegistry, Pending, BUFFER_GROUP};
+use crate::buffer::{BufferRegistry, SlotQueue, BUFFER_GROUP};
 
 /// The most slots one vectored send carries (and so the largest in-flight cap).
 pub const MAX_IOV: usize = 16;
@@ -160,22 +160,12 @@ impl Ring {
                 self.in_flight += 1;
                 return;
             }
+            // With SUBMIT_ALL and the kernel's CQ overflow list, a failed submit (EBUSY)
+            // only delays: the kernel consumes the queue as completions are posted.
             if let Err(e) = self.ring.submit() {
-                // EBUSY/EAGAIN: the completion side is backed up; reap before retrying.
                 tracing::debug!("submit while the queue is full: {e}");
-                return self.push_after_reap(entry);
             }
         }
-    }
-
-    fn push_after_reap(&mut self, entry: Entry) {
-        // The caller's loop reaps completions; here we can only wait for room.
-        let _ = self.ring.submit_and_wait(0);
-        // SAFETY: as in `push`.
-        while unsafe { self.ring.submission().push(&entry) }.is_err() {
-            let _ = self.ring.submit();
-        }
-        self.in_flight += 1;
     }
 
     /// Multishot accept on a listening socket.
@@ -236,14 +226,10 @@ impl Ring {
         self.push(e.user_data(token.encode()));
     }
 
-    /// Sends several held slots in one `sendmsg`; returns the message id to hand back to
-    /// [`Ring::release_msg`] when the op completes. `token`'s slot field is set to it.
-    pub fn send_vectored(
-        &mut self,
-        fd: RawFd,
-        parts: impl Iterator<Item = Pending>,
-        token: Token,
-    ) -> u16 {
+    /// Sends the unsent parts of a direction's queue (up to [`MAX_IOV`] slots) in one
+    /// `sendmsg`; `token`'s slot field carries the message id, to hand back to
+    /// [`Ring::release_msg`] when the op completes.
+    pub fn send_queue(&mut self, fd: RawFd, queue: &SlotQueue, token: Token) {
         let id = match self.free_msgs.pop() {
             Some(id) => id,
             None => {
@@ -253,16 +239,15 @@ impl Ring {
                 (self.msgs.len() - 1) as u16
             }
         };
+        let msg = &mut *self.msgs[id as usize];
         let mut n = 0;
-        for p in parts.take(MAX_IOV) {
-            let base = self.buffers.ptr(p.slot, p.offset);
-            self.msgs[id as usize].iov[n] = libc::iovec {
-                iov_base: base.cast_mut().cast(),
+        for (iov, p) in msg.iov.iter_mut().zip(self.buffers.pending(queue)) {
+            *iov = libc::iovec {
+                iov_base: self.buffers.ptr(p.slot, p.offset).cast_mut().cast(),
                 iov_len: p.len,
             };
             n += 1;
         }
-        let msg = &mut *self.msgs[id as usize];
         msg.hdr.msg_iov = msg.iov.as_mut_ptr();
         msg.hdr.msg_iovlen = n;
         let e = opcode::SendMsg::new(Fd(fd), &msg.hdr)
@@ -270,7 +255,6 @@ impl Ring {
             .build()
             .user_data(token.slot(id).encode());
         self.push(e);
-        id
     }
 
     /// Frees a vectored send's message after its completion.
