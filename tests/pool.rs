@@ -54,8 +54,18 @@ fn warm_pool_holds_exactly_max_idle_and_refills() {
                 echo_once(c, b"ping");
             }
             eventually("refilled", || up.open() == max_idle + n);
-            let s = proxy.wait_for("pool refilled", |s| s.total.pool_idle == max_idle as u64);
-            assert!(s.total.pool_hits >= 1, "{s:#?}");
+            // Counters are published on the worker's tick: wait until the three
+            // sessions are in them, or the pool figure is the one from before.
+            let s = proxy.wait_for("pool refilled", |s| {
+                s.total.sessions_total == n as u64 && s.total.pool_idle == max_idle as u64
+            });
+            assert_eq!(s.total.pool_hits + s.total.pool_misses, n as u64, "{s:#?}");
+            // With one worker the whole pool is its share, so the first client is a
+            // hit. With two, max_idle 1 gives one worker no share, and the kernel may
+            // hand all three clients to that one.
+            if workers == 1 || max_idle >= workers {
+                assert!(s.total.pool_hits >= 1, "{s:#?}");
+            }
             drop(clients);
             proxy.stop();
         }
@@ -340,9 +350,10 @@ fn health_checks_mark_endpoints_down_flush_them_and_bring_them_back() {
     let stopped = Instant::now();
     let s = proxy.wait_for("b marked down", |s| !s.endpoints[1].up);
     let took = stopped.elapsed();
-    // (interval + timeout) x fall, plus a probe round in flight.
+    // (interval + timeout) x fall is 600 ms, plus a probe round in flight; the
+    // defaults (10 s interval, fall 3) would take 30 s. The margin is for busy CI.
     assert!(
-        took < Duration::from_millis(1200),
+        took < Duration::from_millis(2500),
         "marked down after {took:?}"
     );
     assert!(s.endpoints[0].up);
