@@ -305,7 +305,8 @@ fn a_refusing_endpoint_is_retried_at_retry_interval_then_the_client_is_closed() 
         took >= Duration::from_millis(900),
         "spaced by retry_interval: {took:?}"
     );
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Well under the next multiple (4 spacings); the margin is for busy CI.
+    assert!(took < Duration::from_millis(2000), "{took:?}");
     let s = proxy.wait_for("counted", |s| s.total.connection_failures == 1);
     assert_eq!(s.total.upstream_connect_errors, 4);
     assert_eq!(s.total.connect_retries, 3);
