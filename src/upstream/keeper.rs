@@ -67,8 +67,11 @@ fn run<H: KeeperHost>(host: &H) {
             let table = host.endpoints();
             st.sweep(pool, now, |ep| table.down_epoch(ep), &mut removed);
         }
-        // Closed outside the lock: a taker never waits for a close.
-        drop(std::mem::take(&mut removed.fds));
+        // Closed outside the lock: a taker never waits for a close. What a server sent
+        // first is discarded, so the server sees a FIN rather than a reset.
+        for fd in removed.fds.drain(..) {
+            sys::discard_unread(fd.as_raw_fd());
+        }
         for (ep, t) in removed.learned {
             tracing::warn!(
                 upstream = %host.endpoints().get(ep).addr,

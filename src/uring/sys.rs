@@ -325,3 +325,24 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
     // over here, and no op in flight refers to it, so exactly one owner closes it.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Discards whatever the peer sent that nobody read (a server's greeting on a pooled
+/// connection), so that closing `fd` sends a FIN rather than the RST that closing with
+/// unread data would send. Reads at most a few hundred KiB; never blocks.
+pub fn discard_unread(fd: RawFd) {
+    for _ in 0..4 {
+        // SAFETY: with MSG_TRUNC and a null buffer TCP discards the bytes it would have
+        // copied: no memory is written.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                64 * 1024,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+    }
+}
