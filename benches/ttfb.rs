@@ -13,8 +13,9 @@
 //!
 //! Per round, proxy and scenario: a fresh proxy, one untimed session, 300 ms to settle
 //! (sssonector's pool fills), then the sessions. The report gives the median across rounds
-//! of each round's median and p99, the ratios to the peers, and the goal of issue 6
-//! (median <= 0.1x and p99 <= 0.3x the better peer). Printed, and written as markdown to
+//! of each round's median and p99, the ratios to the peers, the goal of issue 6 (median
+//! <= 0.1x and p99 <= 0.3x the better peer), and the share of sessions whose first byte
+//! came sooner than the upstream's delay (served by a connection dialled before they came). Printed, and written as markdown to
 //! `<target dir>/bench-ttfb.md`. A session that fails makes that measurement `failed`.
 
 mod common;
@@ -258,20 +259,29 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Scenario {
     Sequential,
     Concurrent,
 }
 
-/// Median and p99 of one scenario on a fresh proxy, in ms; the first failure otherwise.
+/// One scenario's sessions on one proxy.
+struct Ttfb {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Sessions whose first byte came sooner than the upstream greets a new connection:
+    /// they were given a connection dialled before they came (a pool hit).
+    early_pct: f64,
+}
+
+/// One scenario on a fresh proxy; the first failure otherwise.
 fn measure(
     proxy: &Proxy,
     dir: &Path,
     up: &SlowGreeter,
     scenario: Scenario,
     p: &Params,
-) -> Result<(f64, f64), String> {
+) -> Result<Ttfb, String> {
     let port = free_port().map_err(|e| format!("cannot pick a port: {e}"))?;
     let route = Route {
         name: "greeter",
@@ -300,7 +310,12 @@ fn measure(
     }
     let mut ttfb: Vec<Duration> = results.into_iter().filter_map(Result::ok).collect();
     ttfb.sort();
-    Ok((ms(quantile(&ttfb, 0.5)), ms(quantile(&ttfb, 0.99))))
+    let early = ttfb.iter().filter(|t| **t < p.greeting_delay).count();
+    Ok(Ttfb {
+        p50_ms: ms(quantile(&ttfb, 0.5)),
+        p99_ms: ms(quantile(&ttfb, 0.99)),
+        early_pct: early as f64 * 100.0 / total as f64,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,44 +323,81 @@ fn measure(
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Default)]
+struct ScenarioResults {
+    p50_ms: Measured,
+    p99_ms: Measured,
+    early_pct: Measured,
+}
+
+impl ScenarioResults {
+    fn store(&mut self, measured: Result<Ttfb, String>) {
+        match measured {
+            Ok(t) => {
+                self.p50_ms = Some(Ok(t.p50_ms));
+                self.p99_ms = Some(Ok(t.p99_ms));
+                self.early_pct = Some(Ok(t.early_pct));
+            }
+            Err(e) => {
+                self.p50_ms = Some(Err(e.clone()));
+                self.p99_ms = Some(Err(e.clone()));
+                self.early_pct = Some(Err(e));
+            }
+        }
+    }
+}
+
+#[derive(Default)]
 struct Results {
-    sequential_p50: Measured,
-    sequential_p99: Measured,
-    concurrent_p50: Measured,
-    concurrent_p99: Measured,
+    sequential: ScenarioResults,
+    concurrent: ScenarioResults,
 }
 
 struct Metric {
     label: &'static str,
-    /// Issue 6's goal for sssonector ÷ the better peer.
-    goal: f64,
+    /// Issue 6's goal for sssonector ÷ the better peer; `None`: no ratios for this row.
+    goal: Option<f64>,
+    decimals: usize,
     get: fn(&Results) -> &Measured,
 }
 
 const METRICS: &[Metric] = &[
     Metric {
         label: "sequential TTFB median (ms)",
-        goal: 0.1,
-        get: |r| &r.sequential_p50,
+        goal: Some(0.1),
+        decimals: 2,
+        get: |r| &r.sequential.p50_ms,
     },
     Metric {
         label: "sequential TTFB p99 (ms)",
-        goal: 0.3,
-        get: |r| &r.sequential_p99,
+        goal: Some(0.3),
+        decimals: 2,
+        get: |r| &r.sequential.p99_ms,
+    },
+    Metric {
+        label: "sequential: TTFB < greeting delay (% of sessions)",
+        goal: None,
+        decimals: 0,
+        get: |r| &r.sequential.early_pct,
     },
     Metric {
         label: "concurrent TTFB median (ms)",
-        goal: 0.1,
-        get: |r| &r.concurrent_p50,
+        goal: Some(0.1),
+        decimals: 2,
+        get: |r| &r.concurrent.p50_ms,
     },
     Metric {
         label: "concurrent TTFB p99 (ms)",
-        goal: 0.3,
-        get: |r| &r.concurrent_p99,
+        goal: Some(0.3),
+        decimals: 2,
+        get: |r| &r.concurrent.p99_ms,
+    },
+    Metric {
+        label: "concurrent: TTFB < greeting delay (% of sessions)",
+        goal: None,
+        decimals: 0,
+        get: |r| &r.concurrent.early_pct,
     },
 ];
-
-const DECIMALS: usize = 2;
 
 fn run_rounds(proxies: &[Proxy], dir: &Path, up: &SlowGreeter, p: &Params) -> Vec<Vec<Results>> {
     let mut all: Vec<Vec<Results>> = proxies.iter().map(|_| Vec::new()).collect();
@@ -367,20 +419,17 @@ fn run_rounds(proxies: &[Proxy], dir: &Path, up: &SlowGreeter, p: &Params) -> Ve
                     Scenario::Concurrent => "concurrent",
                 };
                 match &measured {
-                    Ok((p50, p99)) => {
-                        eprintln!("{tag} {what}: TTFB median {p50:.3} ms, p99 {p99:.3} ms")
-                    }
+                    Ok(t) => eprintln!(
+                        "{tag} {what}: TTFB median {:.3} ms, p99 {:.3} ms, {:.0}% before the \
+                         upstream's delay",
+                        t.p50_ms, t.p99_ms, t.early_pct
+                    ),
                     Err(e) => eprintln!("{tag} {what}: failed: {e}"),
                 }
                 let Some(r) = all[i].last_mut() else { continue };
-                let (p50, p99) = match measured {
-                    Ok((a, b)) => (Ok(a), Ok(b)),
-                    Err(e) => (Err(e.clone()), Err(e)),
-                };
-                if scenario == Scenario::Sequential {
-                    (r.sequential_p50, r.sequential_p99) = (Some(p50), Some(p99));
-                } else {
-                    (r.concurrent_p50, r.concurrent_p99) = (Some(p50), Some(p99));
+                match scenario {
+                    Scenario::Sequential => r.sequential.store(measured),
+                    Scenario::Concurrent => r.concurrent.store(measured),
                 }
             }
         }
@@ -414,21 +463,25 @@ fn table(proxies: &[Proxy], results: &[Vec<Results>]) -> Vec<Vec<String>> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let verdict = match (median_of(&s), better) {
-            (Some(a), Some(b)) if b > 0.0 && a / b <= m.goal => "met",
-            (Some(_), Some(_)) => "not met",
-            _ => "-",
-        };
-        rows.push(vec![
-            m.label.to_string(),
-            cell(&s, DECIMALS),
-            cell(&h, DECIMALS),
-            cell(&n, DECIMALS),
-            ratio(median_of(&s), median_of(&h)),
-            ratio(median_of(&s), median_of(&n)),
-            ratio(median_of(&s), better),
-            format!("<= {:.1}x: {verdict}", m.goal),
-        ]);
+        let d = m.decimals;
+        let mut row = vec![m.label.to_string(), cell(&s, d), cell(&h, d), cell(&n, d)];
+        match m.goal {
+            Some(goal) => {
+                let verdict = match (median_of(&s), better) {
+                    (Some(a), Some(b)) if b > 0.0 && a / b <= goal => "met",
+                    (Some(_), Some(_)) => "not met",
+                    _ => "-",
+                };
+                row.extend([
+                    ratio(median_of(&s), median_of(&h)),
+                    ratio(median_of(&s), median_of(&n)),
+                    ratio(median_of(&s), better),
+                    format!("<= {goal:.1}x: {verdict}"),
+                ]);
+            }
+            None => row.extend(["-", "-", "-", "-"].map(String::from)),
+        }
+        rows.push(row);
     }
     rows
 }
@@ -450,8 +503,10 @@ fn mode_line(p: &Params) -> String {
     )
 }
 
-const NOTE: &str = "Cells are the median across rounds of each round's median or p99 \
-    (min–max in parentheses). Lower is better; ratios are sssonector ÷ peer of those medians.";
+const NOTE: &str = "Cells are the median across rounds of each round's value (min–max in \
+    parentheses). TTFB: lower is better; ratios are sssonector ÷ peer of those medians. The % \
+    rows count sessions that got their first byte sooner than the upstream greets a new \
+    connection, i.e. through a connection dialled before they came.";
 
 fn markdown(
     rows: &[Vec<String>],
@@ -474,7 +529,7 @@ fn markdown(
     for m in METRICS {
         for (proxy, rs) in proxies.iter().zip(results) {
             let mut row = vec![m.label.to_string(), proxy.kind.name().to_string()];
-            row.extend(rs.iter().map(|r| raw_cell((m.get)(r), DECIMALS)));
+            row.extend(rs.iter().map(|r| raw_cell((m.get)(r), m.decimals)));
             per_round.push(row);
             for (round, r) in rs.iter().enumerate() {
                 if let Some(Err(e)) = (m.get)(r) {
