@@ -980,6 +980,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             endpoint_addrs.len(),
             if pool_enabled { conn.pool.max_idle } else { 0 },
             conn.pool.idle_timeout,
+            conn.pool.retry_interval,
             Instant::now(),
         )
         .map_err(internal("cannot set up the warm pool's watch".into()))?,

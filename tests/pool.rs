@@ -141,6 +141,10 @@ fn dead_idle_connections_are_swept_and_never_handed_out() {
         "  pool:\n    max_idle: 4\n    idle_timeout: 10s\n",
     );
     proxy.wait_for("pool warm", |s| s.pool.idle == 4);
+    // The upstream's own list must hold all four before it can close them; and they
+    // must be older than the age under which a close means "never worth pooling".
+    eventually("upstream holds the pool", || up.open() == 4);
+    std::thread::sleep(Duration::from_millis(200));
     let accepted = up.accepted();
     up.close_open();
     // The next sweep notices and replaces them.

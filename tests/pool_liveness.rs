@@ -266,3 +266,31 @@ fn any_worker_hands_out_the_one_pool() {
     assert_eq!(s.total.pool_misses, 0, "{s:#?}");
     proxy.stop();
 }
+
+#[test]
+fn a_server_that_closes_new_connections_at_once_is_not_redialed_in_a_loop() {
+    // Banner, then FIN: to the pool this is a server closing its unclaimed connections
+    // as soon as they are made.
+    let up = Upstream::start(|mut conn| {
+        let _ = conn.write_all(b"bye\r\n");
+    });
+    let proxy = start_proxy_with(
+        &[&[up.addr]],
+        2,
+        "  pool:\n    max_idle: 4\n    retry_interval: 1s\n",
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    // One batch at start and at most one more per retry_interval after the closes; a
+    // refill in a loop would have made thousands.
+    let accepted = up.accepted();
+    assert!(accepted >= 4, "the pool tried: {accepted}");
+    assert!(accepted <= 4 * 4, "refills back off: {accepted} connects");
+    // A client still gets the banner and the FIN, through its own connection.
+    let mut c = TcpStream::connect(proxy.addr()).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(read_to_end(&mut c).expect("read"), b"bye\r\n");
+    let s = proxy.stats();
+    assert!(s.pool.discarded(Discard::ClosedByServer) >= 4, "{s:#?}");
+    proxy.stop();
+}

@@ -90,6 +90,8 @@ struct Entry {
     id: u64,
     fd: OwnedFd,
     since: Instant,
+    /// The server has sent its first bytes (a greeting): a client gets them at once.
+    greeted: bool,
 }
 
 /// How long a server keeps connections nobody speaks on, learned from its closes.
@@ -103,6 +105,11 @@ pub(super) struct Lifetime {
 
 /// Server-side closes that must agree before a lifetime is believed.
 const LIFETIME_SAMPLES: usize = 3;
+
+/// A pooled connection the server closes younger than this was never worth pooling (a
+/// server that half-closes after its banner, or refuses after accepting): the refill of
+/// its endpoint backs off for `retry_interval`, instead of redialing in a tight loop.
+pub const CHURN_AGE: Duration = Duration::from_millis(100);
 
 impl Lifetime {
     /// Records a close by the server, at `now`, of a connection pooled for `age`. A
@@ -129,11 +136,7 @@ impl Lifetime {
         let max = ages().max().unwrap_or_default();
         let first = self.recent.iter().map(|(_, t)| *t).min().unwrap_or(now);
         let spread_in_time = now.saturating_duration_since(first) >= min / 2;
-        if max - min > max / 5
-            || !spread_in_time
-            || min >= idle_timeout
-            || min < Duration::from_millis(10)
-        {
+        if max - min > max / 5 || !spread_in_time || min >= idle_timeout || min < CHURN_AGE {
             return None;
         }
         if self.learned.is_some_and(|t| t <= min) {
@@ -154,7 +157,8 @@ impl Lifetime {
 
 #[derive(Debug, Default)]
 struct EndpointPool {
-    /// Oldest first; clients take the newest (fewer connections reach a server's timeout).
+    /// Oldest first; clients take the newest that greeted, else the newest (fewer
+    /// connections reach a server's timeout).
     idle: VecDeque<Entry>,
     /// Pool dials in flight, all workers.
     dialing: usize,
@@ -199,6 +203,8 @@ pub struct WarmPool {
     pub(super) epoll: OwnedFd,
     pub(super) wake: OwnedFd,
     pub(super) idle_timeout: Duration,
+    /// The refill backoff after a failed dial or a connection closed young.
+    retry_interval: Duration,
     discarded: [AtomicU64; 6],
     /// Idle connections now, readable without the lock.
     idle_total: AtomicUsize,
@@ -210,6 +216,7 @@ impl WarmPool {
         endpoints: usize,
         max_idle: usize,
         idle_timeout: Duration,
+        retry_interval: Duration,
         now: Instant,
     ) -> std::io::Result<WarmPool> {
         let epoll = sys::epoll()?;
@@ -232,6 +239,7 @@ impl WarmPool {
             epoll,
             wake,
             idle_timeout,
+            retry_interval,
             discarded: Default::default(),
             idle_total: AtomicUsize::new(0),
         })
@@ -242,14 +250,20 @@ impl WarmPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest idle connection of `endpoint`, for a client; records the demand.
+    /// An idle connection of `endpoint` for a client, and records the demand: the newest
+    /// one whose server has greeted, else the newest. A connection dialed a moment ago to
+    /// replace one taken may still be waiting for a slow server's greeting (a fork, an
+    /// auth step, a TLS handshake), while an older one has it queued already.
     pub fn take(&self, endpoint: usize, now: Instant) -> Option<IdleConn> {
         let entry = {
             let mut st = self.lock();
             st.rotate(now, self.idle_timeout);
             let p = &mut st.endpoints[endpoint];
             p.demand_cur += 1;
-            p.idle.pop_back()?
+            match p.idle.iter().rposition(|e| e.greeted) {
+                Some(i) => p.idle.remove(i)?,
+                None => p.idle.pop_back()?,
+            }
         };
         self.idle_total.fetch_sub(1, Relaxed);
         // It is the caller's now: the keeper finds nothing for an event that raced.
@@ -323,7 +337,9 @@ impl WarmPool {
         let data = (endpoint as u64) << ID_BITS | (id & ((1 << ID_BITS) - 1));
         // Watched before anyone can take it, under the lock: the keeper finds the entry
         // for any event, and a taker never meets an fd still being added.
-        if let Err(e) = sys::epoll_watch_close(self.epoll.as_raw_fd(), fd.as_raw_fd(), data) {
+        if let Err(e) =
+            sys::epoll_watch_first_bytes_or_close(self.epoll.as_raw_fd(), fd.as_raw_fd(), data)
+        {
             tracing::warn!("internal: cannot watch a pooled connection: {e}; closing it");
             return Err(fd);
         }
@@ -331,6 +347,7 @@ impl WarmPool {
             id: data,
             fd,
             since: now,
+            greeted: false,
         });
         self.idle_total.fetch_add(1, Relaxed);
         Ok(())
@@ -411,7 +428,8 @@ impl PoolState {
         }
     }
 
-    /// The watch on connection `data` fired with `events`: it leaves the pool.
+    /// The watch on connection `data` fired with `events`: the server greeted (the watch
+    /// goes on, for a close only), or it closed or reset the connection (it leaves the pool).
     pub fn on_event(
         &mut self,
         pool: &WarmPool,
@@ -428,6 +446,16 @@ impl PoolState {
         let Some(pos) = p.idle.iter().position(|e| e.id == data) else {
             return;
         };
+        let closed = (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if events & closed == 0 {
+            let e = &mut p.idle[pos];
+            e.greeted = true;
+            match sys::epoll_rewatch_close(pool.epoll.as_raw_fd(), e.fd.as_raw_fd(), data) {
+                Ok(()) => return,
+                // Unwatchable: not kept, or a close would go unseen.
+                Err(err) => tracing::warn!("internal: cannot watch a pooled connection: {err}"),
+            }
+        }
         let Some(entry) = p.idle.remove(pos) else {
             return;
         };
@@ -441,6 +469,9 @@ impl PoolState {
         pool.discarded_counter(reason).fetch_add(1, Relaxed);
         pool.idle_removed(1);
         let age = now.saturating_duration_since(entry.since);
+        if age < CHURN_AGE {
+            p.backoff_until = Some(now + pool.retry_interval);
+        }
         if let Some(t) = p.lifetime.observe(age, now, pool.idle_timeout) {
             if !p.lifetime.warned {
                 p.lifetime.warned = true;
@@ -529,7 +560,7 @@ mod tests {
         let now = Instant::now();
         let t = Duration::from_secs(60);
         for (max_idle, endpoints) in [(5, 2), (1, 2), (90, 3), (7, 1)] {
-            let p = WarmPool::new(endpoints, max_idle, t, now).unwrap();
+            let p = WarmPool::new(endpoints, max_idle, t, t, now).unwrap();
             let total: usize = (0..endpoints).map(|e| p.reserve_dials(e, now, 1000)).sum();
             assert_eq!(total, max_idle, "max_idle {max_idle} over {endpoints}");
         }
@@ -539,7 +570,7 @@ mod tests {
     fn target_follows_demand_after_the_first_window() {
         let start = Instant::now();
         let t = Duration::from_secs(10);
-        let p = WarmPool::new(1, 8, t, start).unwrap();
+        let p = WarmPool::new(1, 8, t, t, start).unwrap();
         assert_eq!(p.reserve_dials(0, start, 1), 1, "capped by the caller");
         assert_eq!(p.reserve_dials(0, start, 100), 7, "warm from startup");
         for _ in 0..8 {
@@ -566,7 +597,8 @@ mod tests {
     fn clients_take_the_newest_and_the_taker_owns_the_fd() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let start = Instant::now();
-        let p = WarmPool::new(1, 4, Duration::from_secs(60), start).unwrap();
+        let p =
+            WarmPool::new(1, 4, Duration::from_secs(60), Duration::from_secs(1), start).unwrap();
         let mut servers = Vec::new();
         let mut raws = Vec::new();
         for i in 0..3 {
@@ -590,7 +622,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let start = Instant::now();
         let t = Duration::from_secs(10);
-        let p = WarmPool::new(1, 8, t, start).unwrap();
+        let p = WarmPool::new(1, 8, t, t, start).unwrap();
         let mut servers = Vec::new();
         for age in [0, 5, 9] {
             p.reserve_dials(0, start, 1);

@@ -221,12 +221,23 @@ fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) ->
     check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
 }
 
-/// Reports once (one-shot) when the peer of `fd` closes its side (FIN: `EPOLLRDHUP`) or
-/// resets it (`EPOLLERR`/`EPOLLHUP`, always reported), whether or not data is queued.
-pub fn epoll_watch_close(epfd: RawFd, fd: RawFd, data: u64) -> io::Result<()> {
+/// Reports once (one-shot) when the peer of `fd` sends its first bytes (`EPOLLIN`), closes
+/// its side (FIN: `EPOLLRDHUP`) or resets it (`EPOLLERR`/`EPOLLHUP`, always reported).
+pub fn epoll_watch_first_bytes_or_close(epfd: RawFd, fd: RawFd, data: u64) -> io::Result<()> {
     epoll_ctl(
         epfd,
         libc::EPOLL_CTL_ADD,
+        fd,
+        (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+        data,
+    )
+}
+
+/// Re-arms a one-shot watch on `fd` for a close or reset only, whatever is queued.
+pub fn epoll_rewatch_close(epfd: RawFd, fd: RawFd, data: u64) -> io::Result<()> {
+    epoll_ctl(
+        epfd,
+        libc::EPOLL_CTL_MOD,
         fd,
         (libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
         data,
