@@ -236,3 +236,14 @@ fn check_comments_every_key() {
         assert!(out.contains(want), "`{want}` not in:\n{out}");
     }
 }
+
+/// configs/full.yaml claims to set every key: it does, and no other.
+#[test]
+fn full_yaml_sets_every_key() {
+    let text = std::fs::read_to_string(root().join("configs/full.yaml")).expect("full.yaml");
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("full.yaml is YAML");
+    let mut written = BTreeSet::new();
+    paths(&value, "", &mut written);
+    let structs: BTreeSet<String> = schema::key_paths().into_iter().collect();
+    assert_eq!(written, structs);
+}
