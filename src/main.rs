@@ -91,14 +91,12 @@ fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
 fn run(config: Config) -> Result<(), ProxyError> {
     // Kept to report a bind that fails after the probe (a port taken in between) as the
     // configuration error it is.
-    let source = config.clone();
+    let loaded = config.clone();
     let handle = sssonector::start(config).map_err(|e| match e {
-        ProxyError::Bind {
-            name,
-            addr,
-            source: err,
-        } if sssonector::config::is_bind_config_error(&err) => {
-            ProxyError::Config(source.bind_error(&name, addr, &err))
+        ProxyError::Bind { name, addr, source }
+            if sssonector::config::is_bind_config_error(&source) =>
+        {
+            ProxyError::Config(loaded.bind_error(&name, addr, &source))
         }
         other => other,
     })?;
