@@ -81,7 +81,14 @@ pub fn parse_unvalidated(text: &str) -> Result<Config, ConfigError> {
 fn syntax(text: &str, e: &serde_yaml::Error) -> ConfigError {
     let raw = e.to_string();
     let mut line = e.location().map(|l| l.line());
-    let mut message = strip_location(&raw);
+    let mut message = scrub_types(&strip_location(&raw));
+    // A number past what YAML integers hold: serde_yaml says "integer `N` as u128".
+    if let Some(n) = raw
+        .split_once("invalid type: integer `")
+        .and_then(|(_, rest)| rest.split('`').next())
+    {
+        message = format!("the number {n} is too large");
+    }
     // An unclosed `[` or `{` is found at the end of the file; the line that opened it is
     // the one to fix.
     if let Some(opened) = raw

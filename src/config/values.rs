@@ -72,7 +72,7 @@ impl<'de> Visitor<'de> for WholeVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
-        Err(self.got(format_args!("{n}: no fractions")))
+        Err(self.got(format_args!("{n:?}: no fractions or exponents")))
     }
 
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<u64, E> {
