@@ -55,20 +55,12 @@ counters! {
     upstream_connect_timeouts,
     client_errors,
     upstream_errors,
-    /// Gauge: warm idle upstream connections.
-    pool_idle,
     /// Sessions paired with a warm connection.
     pool_hits,
     /// Sessions that dialed because no warm connection was there.
     pool_misses,
     /// Dials made to fill the pool.
     pool_dials,
-    /// Idle connections found closed by their server (sweep or handoff check).
-    pool_dead,
-    /// Idle connections closed after `idle_timeout`.
-    pool_expired,
-    /// Idle connections closed because their endpoint went down.
-    pool_flushed,
     /// Dial retries for clients.
     connect_retries,
     /// Clients closed because every dial attempt failed.
@@ -130,6 +122,8 @@ pub struct StatsSnapshot {
     /// Clients waiting for admission now.
     pub queued: u64,
     pub endpoints: Vec<EndpointSnapshot>,
+    /// The warm pool (shared by the workers): idle connections and discards by reason.
+    pub pool: crate::upstream::PoolStats,
 }
 
 impl StatsSnapshot {

@@ -17,15 +17,13 @@ use crate::config::{Balance, Config, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointSnapshot, PublishedCounters, StatsSnapshot, WorkerCounters};
-use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
+use crate::upstream::{self, keeper, Discard, EndpointTable, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
 
 /// Submission queue entries per worker ring.
 const RING_ENTRIES: u32 = 4096;
 /// How often a worker publishes its counters, refills its pool and checks endpoint health.
 const TICK: Duration = Duration::from_millis(100);
-/// Pool dials one endpoint may start per tick (a burst of refills is spread out).
-const REFILL_PER_TICK: usize = 32;
 /// How long a stopping worker waits for zero-copy notifications of closed sessions.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Slab key used by ops that belong to the worker, not to a session.
@@ -37,6 +35,8 @@ pub(crate) struct Shared {
     wake_fds: Vec<OwnedFd>,
     pub admission: Admission,
     pub endpoints: EndpointTable,
+    /// The warm pool, shared by every worker; its keeper thread watches it.
+    pub pool: WarmPool,
 }
 
 impl Shared {
@@ -54,6 +54,27 @@ impl Shared {
     pub fn wake_all(&self) {
         for i in 0..self.wake_fds.len() {
             self.wake(i);
+        }
+        self.pool.wake_keeper();
+    }
+}
+
+impl keeper::KeeperHost for Shared {
+    fn pool(&self) -> &WarmPool {
+        &self.pool
+    }
+
+    fn endpoints(&self) -> &EndpointTable {
+        &self.endpoints
+    }
+
+    fn stopping(&self) -> bool {
+        Shared::stopping(self)
+    }
+
+    fn wake_worker(&self, n: usize) {
+        if !self.wake_fds.is_empty() {
+            self.wake(n % self.wake_fds.len());
         }
     }
 }
@@ -77,8 +98,6 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
     pub send_mode: SendMode,
     pub pool_enabled: bool,
-    /// Idle pooled connections older than this are closed.
-    pub idle_timeout: Duration,
     /// Sessions without traffic for this long are closed; `None`: never.
     pub session_idle_timeout: Option<Duration>,
     pub queue_timeout: Duration,
@@ -99,7 +118,8 @@ pub(crate) struct Worker {
     /// Directions parked on ENOBUFS, served first come first served as slots return.
     pub waiters: VecDeque<(usize, u32, usize)>,
     pub counters: WorkerCounters,
-    pool: WarmPool,
+    /// This worker's pool dials in flight (table entries that are no session).
+    pool_dialing: usize,
     /// Queued clients of this worker, oldest first (for the queue timeout).
     queued: VecDeque<(usize, u32)>,
     published: Arc<PublishedCounters>,
@@ -112,9 +132,8 @@ pub(crate) struct Worker {
     /// Milliseconds since `started`, read once per completion batch.
     pub now_ms: u64,
     next_sweep: Instant,
-    /// Scratch: workers to wake after an admission call, fds to close.
+    /// Scratch: workers to wake after an admission call.
     woken: Vec<usize>,
-    fds: Vec<RawFd>,
 }
 
 impl Worker {
@@ -241,7 +260,6 @@ impl Worker {
                     self.arm_accept(i);
                 }
             }
-            self.flush_down_endpoints();
             if self.now >= self.next_sweep {
                 self.next_sweep = self.now + self.settings.sweep_every;
                 self.sweep();
@@ -264,7 +282,6 @@ impl Worker {
         for t in grants {
             self.on_grant(t);
         }
-        self.flush_down_endpoints();
         self.refill();
         if res != -libc::ECANCELED {
             self.ring
@@ -286,8 +303,6 @@ impl Worker {
         for (key, gen) in self.table.keys() {
             self.begin_close(key, gen, false);
         }
-        self.pool.drain_all(&mut self.fds);
-        self.close_fds();
     }
 
     fn publish(&mut self) {
@@ -297,16 +312,8 @@ impl Worker {
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
         self.counters.buffer_allocations = b.allocations();
         // Every pool dial is a table entry until it joins the pool.
-        self.counters.sessions_active =
-            self.table.len().saturating_sub(self.pool.total_dialing()) as u64;
-        self.counters.pool_idle = self.pool.total_idle() as u64;
+        self.counters.sessions_active = self.table.len().saturating_sub(self.pool_dialing) as u64;
         self.published.publish(&self.counters);
-    }
-
-    fn close_fds(&mut self) {
-        for fd in self.fds.drain(..) {
-            sys::close(fd, false);
-        }
     }
 
     fn wake_granted(&mut self) {
@@ -397,25 +404,31 @@ impl Worker {
         ) else {
             return self.retry_later(key, gen);
         };
-        self.pool.record_demand(ep);
         if let Some(s) = self.table.get_mut(key, gen) {
             s.endpoint = ep as u16;
         }
         if self.settings.pool_enabled {
-            while let Some(conn) = self.pool.take(ep) {
-                if sys::peek_alive(conn.fd) {
-                    self.counters.pool_hits += 1;
-                    if let Some(s) = self.table.get_mut(key, gen) {
-                        s.upstream_fd = conn.fd;
-                    }
-                    return self.activate(key, gen);
+            let pool = &self.shared.pool;
+            while let Some(conn) = pool.take(ep, self.now) {
+                // The keeper's watch may not have reported a close yet: a FIN or RST
+                // behind a queued greeting must not reach the client.
+                if !sys::tcp_established(conn.fd.as_raw_fd()) {
+                    pool.count_discard(Discard::DeadAtHandoff, 1);
+                    continue;
                 }
-                self.counters.pool_dead += 1;
-                sys::close(conn.fd, false);
+                self.counters.pool_hits += 1;
+                if let Some(s) = self.table.get_mut(key, gen) {
+                    s.upstream_fd = conn.fd.into_raw_fd();
+                }
+                self.activate(key, gen);
+                // Replace it now, not on the next tick: a steady stream of clients
+                // would drain the pool between ticks.
+                return self.refill_endpoint(ep);
             }
             self.counters.pool_misses += 1;
         }
         self.dial(key, gen, ep);
+        self.refill_endpoint(ep);
     }
 
     /// Starts a dial of endpoint `ep` for entry `key` (a client's or the pool's).
@@ -558,7 +571,11 @@ impl Worker {
         let fd = std::mem::replace(&mut s.upstream_fd, -1);
         sys::close(fd, false);
         if state == State::PoolDial {
-            self.pool
+            // The reservation is over; finalize must not end it a second time.
+            s.endpoint = NO_ENDPOINT;
+            self.pool_dialing -= 1;
+            self.shared
+                .pool
                 .dial_failed(ep, self.now + self.settings.retry_interval);
             return self.begin_close(key, gen, false);
         }
@@ -651,18 +668,15 @@ impl Worker {
             State::PoolReady => {
                 let s = self.table.remove(key);
                 let ep = s.endpoint as usize;
-                self.pool.dial_ended(ep);
-                if self.stopping || !self.shared.endpoints.is_up(ep) || !self.settings.pool_enabled
-                {
-                    sys::close(s.upstream_fd, false);
-                } else {
-                    self.pool.put(
-                        ep,
-                        IdleConn {
-                            fd: s.upstream_fd,
-                            since: self.now,
-                        },
-                    );
+                self.pool_dialing -= 1;
+                // The entry owned the fd and none of its ops is in flight (ops == 0):
+                // from here the pool owns it.
+                let fd = sys::own_fd(s.upstream_fd);
+                if self.stopping || !self.shared.endpoints.is_up(ep) {
+                    self.shared.pool.dial_ended(ep);
+                    drop(fd);
+                } else if let Err(fd) = self.shared.pool.put(ep, fd, self.now) {
+                    drop(fd);
                 }
             }
             _ => {}
@@ -687,8 +701,9 @@ impl Worker {
                 .active
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        if s.client_fd < 0 {
-            self.pool.dial_ended(ep);
+        if s.client_fd < 0 && s.endpoint != NO_ENDPOINT {
+            self.pool_dialing -= 1;
+            self.shared.pool.dial_ended(ep);
         }
         if s.permit {
             self.shared.admission.release(&mut self.woken);
@@ -698,34 +713,9 @@ impl Worker {
         self.wake_granted();
     }
 
-    /// Closes the idle connections of endpoints that went down since the last look.
-    fn flush_down_endpoints(&mut self) {
-        for ep in 0..self.shared.endpoints.len() {
-            let epoch = self.shared.endpoints.down_epoch(ep);
-            let before = self.fds.len();
-            if self.pool.flush_if_went_down(ep, epoch, &mut self.fds) {
-                self.counters.pool_flushed += (self.fds.len() - before) as u64;
-            }
-        }
-        self.close_fds();
-    }
-
-    /// Expires and checks idle pooled connections, closes inactive sessions and clients
-    /// that waited past the queue timeout.
+    /// Closes inactive sessions and clients that waited past the queue timeout (the
+    /// pool keeper looks after idle pooled connections).
     fn sweep(&mut self) {
-        let now = self.now;
-        self.pool.rotate(now);
-        for ep in 0..self.shared.endpoints.len() {
-            let before = self.fds.len();
-            self.pool
-                .expire(ep, now, self.settings.idle_timeout, &mut self.fds);
-            self.counters.pool_expired += (self.fds.len() - before) as u64;
-            let before = self.fds.len();
-            self.pool.retain(ep, sys::peek_alive, &mut self.fds);
-            self.counters.pool_dead += (self.fds.len() - before) as u64;
-        }
-        self.close_fds();
-
         if let Some(timeout) = self.settings.session_idle_timeout {
             let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             while let Some((key, gen, last)) = self.table.oldest_active() {
@@ -763,22 +753,32 @@ impl Worker {
 
     /// Dials healthy endpoints up to their pool targets.
     fn refill(&mut self) {
-        if !self.settings.pool_enabled || self.stopping {
+        for ep in 0..self.shared.endpoints.len() {
+            self.refill_endpoint(ep);
+        }
+    }
+
+    /// Dials `ep` up to its pool target (the reservation is shared by every worker, so
+    /// workers never dial the same deficit twice).
+    fn refill_endpoint(&mut self, ep: usize) {
+        if !self.settings.pool_enabled || self.stopping || !self.shared.endpoints.is_up(ep) {
             return;
         }
-        for ep in 0..self.shared.endpoints.len() {
-            if !self.shared.endpoints.is_up(ep) {
+        let n = self
+            .shared
+            .pool
+            .reserve_dials(ep, self.now, upstream::MAX_POOL_DIALS);
+        for _ in 0..n {
+            let Some((key, gen)) = self.table.insert(-1, 0, State::PoolDial, self.now_ms) else {
+                self.shared.pool.dial_ended(ep);
                 continue;
+            };
+            if let Some(s) = self.table.get_mut(key, gen) {
+                s.endpoint = ep as u16;
             }
-            for _ in 0..self.pool.deficit(ep, self.now).min(REFILL_PER_TICK) {
-                let Some((key, gen)) = self.table.insert(-1, 0, State::PoolDial, self.now_ms)
-                else {
-                    return;
-                };
-                self.pool.dial_started(ep);
-                self.counters.pool_dials += 1;
-                self.dial(key, gen, ep);
-            }
+            self.pool_dialing += 1;
+            self.counters.pool_dials += 1;
+            self.dial(key, gen, ep);
         }
     }
 
@@ -801,6 +801,9 @@ impl Worker {
     }
 }
 
+/// `Session::endpoint` of a pool dial whose reservation was already given back.
+const NO_ENDPOINT: u16 = u16::MAX;
+
 /// The smallest send `send_mode: auto` makes zero-copy.
 const ZEROCOPY_MIN: usize = 16 * 1024;
 
@@ -808,6 +811,7 @@ const ZEROCOPY_MIN: usize = 16 * 1024;
 pub struct ProxyHandle {
     threads: Vec<JoinHandle<Result<(), ProxyError>>>,
     prober: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     published: Vec<Arc<PublishedCounters>>,
     listen_addrs: Vec<(String, SocketAddr)>,
@@ -824,6 +828,7 @@ impl ProxyHandle {
     pub fn stats(&self) -> StatsSnapshot {
         let mut s = StatsSnapshot::collect(&self.published);
         s.admitted = self.shared.admission.active() as u64;
+        s.pool = self.shared.pool.stats();
         s.queued = self.shared.admission.queued() as u64;
         let t = &self.shared.endpoints;
         s.endpoints = (0..t.len())
@@ -866,9 +871,14 @@ impl ProxyHandle {
         }
         // The workers are gone: the prober stops too.
         self.shutdown_trigger().trigger();
-        if let Some(p) = self.prober.take() {
-            let _ = p.join();
+        for t in [self.prober.take(), self.keeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.join();
         }
+        // Without a keeper (pool disabled, or a failed start) nothing else closes it.
+        self.shared.pool.close();
         result
     }
 
@@ -959,6 +969,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         wake_fds.push(sys::eventfd().map_err(internal("cannot create an eventfd".into()))?);
     }
     let wake_raw: Vec<RawFd> = wake_fds.iter().map(|f| f.as_raw_fd()).collect();
+    let pool_enabled = conn.pool.enabled && conn.pool.max_idle > 0;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         wake_fds,
@@ -968,12 +979,18 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             conn.health_check.rise,
             conn.health_check.fall,
         ),
+        pool: WarmPool::new(
+            endpoint_addrs.len(),
+            if pool_enabled { conn.pool.max_idle } else { 0 },
+            conn.pool.idle_timeout,
+            Instant::now(),
+        )
+        .map_err(internal("cannot set up the warm pool's watch".into()))?,
     });
     let settings = Settings {
         max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
         send_mode: conn.buffer.send_mode,
-        pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
-        idle_timeout: conn.pool.idle_timeout,
+        pool_enabled,
         session_idle_timeout: conn.session.idle_limit(),
         queue_timeout: conn.pool.queue_timeout,
         max_retries: conn.pool.max_retries,
@@ -1044,7 +1061,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     ring,
                     table: ConnTable::default(),
                     listeners,
-                    pool: WarmPool::new(endpoint_addrs.len(), index, workers, pool_cfg.max_idle, pool_cfg.idle_timeout, now),
+                    pool_dialing: 0,
                     settings,
                     waiters: VecDeque::new(),
                     counters: WorkerCounters::default(),
@@ -1059,7 +1076,6 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     now_ms: 0,
                     next_sweep: now,
                     woken: Vec::new(),
-                    fds: Vec::new(),
                 };
                 worker.run()
             })
@@ -1070,6 +1086,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     let mut handle = ProxyHandle {
         threads,
         prober: None,
+        keeper: None,
         shared: shared.clone(),
         published,
         listen_addrs,
@@ -1083,6 +1100,12 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             }
             Err(_) => break,
         }
+    }
+    if pool_enabled {
+        handle.keeper = Some(
+            keeper::spawn(shared.clone())
+                .map_err(internal("cannot spawn the pool keeper".into()))?,
+        );
     }
     if conn.health_check.enabled {
         handle.prober = Some(

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use sssonector::upstream::Discard;
 use support::*;
 
 /// Sends `msg` and reads it back from the echo upstream, with a timeout.
@@ -49,7 +50,7 @@ fn quiet_session_survives_pool_idle_timeout() {
     assert_eq!(closed_within(&mut conn, Duration::from_millis(2500)), None);
     echo_once(&mut conn, b"still here");
     let s = proxy.wait_for("pooled connections expired meanwhile", |s| {
-        s.total.pool_expired >= 1
+        s.pool.discarded(Discard::Expired) >= 1
     });
     assert_eq!(s.total.session_timeouts, 0, "{s:#?}");
     proxy.stop();

@@ -36,8 +36,9 @@ fn each_spec_example_runs_with_its_settings() {
             addrs: handle.listen_addrs().into_iter().map(|(_, a)| a).collect(),
             handle: Some(handle),
         };
+        // The pool's count is live; the workers publish theirs on their tick.
         let s = proxy.wait_for(&format!("{name}: warm pool"), |s| {
-            s.total.pool_idle == c.pool.max_idle as u64
+            s.pool.idle == c.pool.max_idle as u64 && s.total.buffer_slots_total > 0
         });
         let slots = (c.buffer.max_pool_size as u64).div_ceil(workers) * workers;
         assert_eq!(s.total.buffer_slots_total, slots, "{name}: buffer pool");

@@ -1,8 +1,9 @@
-//! Upstream endpoints: the shared health table, balancing, and each worker's warm pool.
+//! Upstream endpoints: the shared health table, balancing, and the warm pool with its keeper.
 
+pub(crate) mod keeper;
 mod pool;
 
-pub use pool::{IdleConn, WarmPool};
+pub use pool::{Discard, IdleConn, PoolStats, WarmPool, MAX_POOL_DIALS};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
