@@ -35,7 +35,7 @@ enum Command {
     /// drive a short load through it and print what it measured.
     Demo {
         /// Stop after this long (e.g. `30s`); without it the demo runs until Ctrl-C.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = sssonector::config::duration::parse)]
         duration: Option<Duration>,
     },
 }
@@ -74,7 +74,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Builds the config from `--config` and/or `--listen/--upstream/--workers`.
+/// Builds the config from `--config` and/or `--listen/--upstream/--workers`, and tries
+/// its listen addresses (a busy port is the configuration's problem, reported with the
+/// key and line, for `check` as for a start).
 fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
     let config = Config::from_cli(
         cli.config.as_deref(),
@@ -82,11 +84,22 @@ fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
         &cli.upstream,
         cli.workers.as_deref(),
     )?;
+    config.probe_listeners()?;
     Ok(config)
 }
 
 fn run(config: Config) -> Result<(), ProxyError> {
-    let handle = sssonector::start(config)?;
+    // Kept to report a bind that fails after the probe (a port taken in between) as the
+    // configuration error it is.
+    let loaded = config.clone();
+    let handle = sssonector::start(config).map_err(|e| match e {
+        ProxyError::Bind { name, addr, source }
+            if sssonector::config::is_bind_config_error(&source) =>
+        {
+            ProxyError::Config(loaded.bind_error(&name, addr, &source))
+        }
+        other => other,
+    })?;
     let trigger = handle.shutdown_trigger();
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {

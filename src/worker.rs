@@ -98,7 +98,8 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
     pub send_mode: SendMode,
     pub pool_enabled: bool,
-    pub idle_timeout: Duration,
+    /// Sessions without traffic for this long are closed; `None`: never.
+    pub session_idle_timeout: Option<Duration>,
     pub queue_timeout: Duration,
     pub max_retries: u32,
     pub retry_interval: Duration,
@@ -715,17 +716,16 @@ impl Worker {
     /// Closes inactive sessions and clients that waited past the queue timeout (the
     /// pool keeper looks after idle pooled connections).
     fn sweep(&mut self) {
-        let idle_ms = self.settings.idle_timeout.as_millis() as u64;
-        while let Some((key, gen, last)) = self.table.oldest_active() {
-            if last + idle_ms > self.now_ms {
-                break;
+        if let Some(timeout) = self.settings.session_idle_timeout {
+            let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            while let Some((key, gen, last)) = self.table.oldest_active() {
+                if last.saturating_add(idle_ms) > self.now_ms {
+                    break;
+                }
+                self.counters.session_timeouts += 1;
+                tracing::debug!("client: session closed after {timeout:?} without traffic");
+                self.begin_close(key, gen, false);
             }
-            self.counters.session_timeouts += 1;
-            tracing::debug!(
-                "client: session closed after {:?} without traffic",
-                self.settings.idle_timeout
-            );
-            self.begin_close(key, gen, false);
         }
 
         let queue_ms = self.settings.queue_timeout.as_millis() as u64;
@@ -907,6 +907,9 @@ impl ShutdownTrigger {
 fn sweep_period(config: &Config) -> Duration {
     let c = &config.connection;
     let mut shortest = c.pool.idle_timeout.min(c.pool.queue_timeout);
+    if let Some(session) = c.session.idle_limit() {
+        shortest = shortest.min(session);
+    }
     if c.health_check.enabled {
         shortest = shortest.min(c.health_check.interval);
     }
@@ -989,7 +992,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
         send_mode: conn.buffer.send_mode,
         pool_enabled,
-        idle_timeout: conn.pool.idle_timeout,
+        session_idle_timeout: conn.session.idle_limit(),
         queue_timeout: conn.pool.queue_timeout,
         max_retries: conn.pool.max_retries,
         retry_interval: conn.pool.retry_interval,

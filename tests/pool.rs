@@ -170,7 +170,7 @@ fn idle_timeout_expires_pooled_connections_and_inactive_sessions() {
     let proxy = start_proxy_with(
         &[&[up.addr]],
         1,
-        "  pool:\n    max_idle: 3\n    idle_timeout: 1s\n",
+        "  pool:\n    max_idle: 3\n    idle_timeout: 1s\n  session:\n    idle_timeout: 1s\n",
     );
     eventually("pool warm", || up.open() == 3);
     // Unused, they expire, and with no demand nothing reopens them.
