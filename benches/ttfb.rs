@@ -105,43 +105,64 @@ fn parse_args(args: &[String]) -> Result<Params, String> {
 // The slow-greeting upstream
 // ---------------------------------------------------------------------------------------------
 
-/// Greets each connection `delay` after accepting it, then echoes; a thread per connection,
-/// so one connection's delay never holds up another's.
+/// Greets each connection `delay` after accepting it, then echoes. Connections are served
+/// by threads started up front (one per connection at a time), so the pool's replacement
+/// dials during a burst cost the shared cores no thread spawn, as a server on another
+/// machine would; and the delay is a thread's sleep, precise to tens of microseconds
+/// (a tokio timer would round it up to the next millisecond).
 struct SlowGreeter {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    accept_thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
+
+/// Connections the greeter serves at once: the pool, a burst, and their replacements.
+const GREETER_THREADS: usize = 256;
 
 impl SlowGreeter {
     fn start(delay: Duration) -> io::Result<SlowGreeter> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
+        let (tx, rx) = std::sync::mpsc::channel::<(TcpStream, Instant)>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut threads = Vec::new();
+        for _ in 0..GREETER_THREADS {
+            let rx = rx.clone();
+            threads.push(std::thread::Builder::new().stack_size(64 * 1024).spawn(
+                move || loop {
+                    let next = rx.lock().map(|r| r.recv());
+                    match next {
+                        Ok(Ok((conn, accepted))) => greet_then_echo(conn, accepted + delay),
+                        _ => return,
+                    }
+                },
+            )?);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let accept_thread = std::thread::spawn(move || {
+        // The accept thread owns the only sender: when it ends, the serving threads'
+        // `recv` fails and they end too (once their connections are closed).
+        threads.push(std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stopping.load(Ordering::Acquire) {
-                    break;
+                    return;
                 }
                 let Ok(conn) = conn else { continue };
-                // A connection that cannot get a thread is dropped: its session fails and
-                // says so, rather than the whole bench.
-                let _ = std::thread::Builder::new()
-                    .stack_size(64 * 1024)
-                    .spawn(move || greet_then_echo(conn, delay));
+                if tx.send((conn, Instant::now())).is_err() {
+                    return;
+                }
             }
-        });
+        }));
         Ok(SlowGreeter {
             addr,
             stop,
-            accept_thread: Some(accept_thread),
+            threads,
         })
     }
 }
 
-fn greet_then_echo(mut conn: TcpStream, delay: Duration) {
-    std::thread::sleep(delay);
+fn greet_then_echo(mut conn: TcpStream, greet_at: Instant) {
+    std::thread::sleep(greet_at.saturating_duration_since(Instant::now()));
     let _ = conn.set_nodelay(true);
     if conn.write_all(GREETING).is_err() {
         return;
@@ -156,10 +177,10 @@ fn greet_then_echo(mut conn: TcpStream, delay: Duration) {
 
 impl Drop for SlowGreeter {
     fn drop(&mut self) {
+        // The accept thread sees the flag on its next connection, which this connect makes.
         self.stop.store(true, Ordering::Release);
-        // Wakes the blocked accept so the thread sees the flag.
         let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.accept_thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

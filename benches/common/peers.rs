@@ -367,17 +367,21 @@ impl Proxy {
     }
 }
 
-/// sssonector (this build's binary) and whichever peers are installed, with their
-/// versions; and a line for each peer that is missing.
+/// sssonector (this build's binary, or the one `SSSONECTOR_BENCH_BIN` names, to measure
+/// an older build side by side) and whichever peers are installed, with their versions;
+/// and a line for each peer that is missing.
 pub fn discover() -> (Vec<Proxy>, Vec<String>) {
+    let sssonector = std::env::var_os("SSSONECTOR_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sssonector")));
     let mut proxies = vec![Proxy {
         kind: Kind::Sssonector,
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_sssonector")),
         version: first_line({
-            let mut c = Command::new(env!("CARGO_BIN_EXE_sssonector"));
+            let mut c = Command::new(&sssonector);
             c.arg("--version");
             c
-        }) + " (--workers 1)",
+        }) + &format!(" (--workers 1, {})", sssonector.display()),
+        bin: sssonector,
         nginx_stream_module: None,
     }];
     let mut missing = Vec::new();
