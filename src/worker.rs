@@ -409,11 +409,14 @@ impl Worker {
         }
         if self.settings.pool_enabled {
             let pool = &self.shared.pool;
-            while let Some(conn) = pool.take(ep, self.now) {
+            // The session's demand counts once, however many dead ones are skipped.
+            let mut first = true;
+            while let Some(conn) = pool.take(ep, self.now, std::mem::take(&mut first)) {
                 // The keeper's watch may not have reported a close yet: a FIN or RST
                 // behind a queued greeting must not reach the client.
                 if !sys::tcp_established(conn.fd.as_raw_fd()) {
                     pool.count_discard(Discard::DeadAtHandoff, 1);
+                    upstream::close_unused(conn.fd);
                     continue;
                 }
                 self.counters.pool_hits += 1;
@@ -672,11 +675,13 @@ impl Worker {
                 // The entry owned the fd and none of its ops is in flight (ops == 0):
                 // from here the pool owns it.
                 let fd = sys::own_fd(s.upstream_fd);
+                // Read before the health flag: a flush after this refuses the put.
+                let epoch = self.shared.endpoints.down_epoch(ep);
                 if self.stopping || !self.shared.endpoints.is_up(ep) {
                     self.shared.pool.dial_ended(ep);
-                    drop(fd);
-                } else if let Err(fd) = self.shared.pool.put(ep, fd, self.now) {
-                    drop(fd);
+                    upstream::close_unused(fd);
+                } else if let Err(fd) = self.shared.pool.put(ep, fd, self.now, epoch) {
+                    upstream::close_unused(fd);
                 }
             }
             _ => {}
@@ -1102,17 +1107,25 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             Err(_) => break,
         }
     }
+    // A control thread that cannot start stops the workers already running: a proxy
+    // without its pool keeper or prober is not the one configured.
     if pool_enabled {
-        handle.keeper = Some(
-            keeper::spawn(shared.clone())
-                .map_err(internal("cannot spawn the pool keeper".into()))?,
-        );
+        match keeper::spawn(shared.clone()) {
+            Ok(t) => handle.keeper = Some(t),
+            Err(e) => {
+                let _ = handle.shutdown();
+                return Err(internal("cannot spawn the pool keeper".into())(e));
+            }
+        }
     }
     if conn.health_check.enabled {
-        handle.prober = Some(
-            crate::health::spawn(shared, conn.health_check.clone())
-                .map_err(internal("cannot spawn the health prober".into()))?,
-        );
+        match crate::health::spawn(shared, conn.health_check.clone()) {
+            Ok(t) => handle.prober = Some(t),
+            Err(e) => {
+                let _ = handle.shutdown();
+                return Err(internal("cannot spawn the health prober".into())(e));
+            }
+        }
     }
     Ok(handle)
 }

@@ -92,7 +92,13 @@ fn connections_the_server_closed_in_the_pool_never_reach_a_client() {
             after,
         };
         let (up, server_closed) = greeter(mode);
-        let proxy = start_proxy_with(&[&[up.addr]], 2, "  pool:\n    max_idle: 8\n");
+        // A lifetime shorter than retry_interval (5 s by default) spaces the redials
+        // that only keep the pool warm by retry_interval; this one is well under it.
+        let proxy = start_proxy_with(
+            &[&[up.addr]],
+            2,
+            "  pool:\n    max_idle: 8\n    retry_interval: 100ms\n",
+        );
         proxy.wait_for("pool warm", |s| s.pool.idle == 8);
         // Idle past the server's limit three times over: each round of pooled
         // connections was closed by the server, seen, and replaced.
@@ -148,7 +154,7 @@ fn the_pool_learns_how_long_a_server_keeps_unclaimed_connections() {
         &config,
         format!(
             "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
-             workers: 1\nconnection:\n  pool:\n    max_idle: 4\n",
+             workers: 1\nconnection:\n  pool:\n    max_idle: 4\n    retry_interval: 100ms\n",
             up.addr
         ),
     )
@@ -293,4 +299,64 @@ fn a_server_that_closes_new_connections_at_once_is_not_redialed_in_a_loop() {
     let s = proxy.stats();
     assert!(s.pool.discarded(Discard::ClosedByServer) >= 4, "{s:#?}");
     proxy.stop();
+}
+
+#[test]
+fn a_server_that_closes_connections_soon_after_accepting_them_is_not_an_amplifier() {
+    // Too old for a refused-at-once server, too young to keep warm: without a bound
+    // the pool would replace each close at once, some 50 dials a second per connection,
+    // with no client at all.
+    let (up, _) = greeter(Unclaimed {
+        greet: false,
+        reset: false,
+        after: Duration::from_millis(150),
+    });
+    let proxy = start_proxy_with(
+        &[&[up.addr]],
+        1,
+        "  pool:\n    max_idle: 8\n    retry_interval: 1s\n",
+    );
+    std::thread::sleep(Duration::from_millis(3000));
+    let accepted = up.accepted();
+    // A connection redialed only to keep the pool warm waits retry_interval after the
+    // one it replaces was made: at most 8 per second, plus the first batch.
+    assert!(accepted <= 8 * 4 + 8, "{accepted} dials in 3 s");
+    let s = proxy.stats();
+    assert!(
+        s.pool.discarded(Discard::ClosedByServer) + s.pool.discarded(Discard::Retired) >= 8,
+        "{s:#?}"
+    );
+    proxy.stop();
+}
+
+#[test]
+fn idle_connections_closed_at_shutdown_get_a_fin_not_a_reset() {
+    let resets = Arc::new(AtomicUsize::new(0));
+    let fins = Arc::new(AtomicUsize::new(0));
+    let (r, f) = (resets.clone(), fins.clone());
+    let up = Upstream::start(move |mut conn| {
+        if conn.write_all(GREETING).is_err() {
+            return;
+        }
+        let mut b = [0u8; 16];
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        match conn.read(&mut b) {
+            Ok(0) => f.fetch_add(1, Ordering::SeqCst),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => r.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
+    });
+    let proxy = start_proxy_with(&[&[up.addr]], 1, "  pool:\n    max_idle: 4\n");
+    proxy.wait_for("pool warm", |s| s.pool.idle == 4);
+    // The greetings have arrived and sit unread in the pooled connections.
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.stop();
+    eventually("the server saw every close", || {
+        resets.load(Ordering::SeqCst) + fins.load(Ordering::SeqCst) == 4
+    });
+    assert_eq!(
+        fins.load(Ordering::SeqCst),
+        4,
+        "greeting discarded, then a FIN (MariaDB would log a reset as an aborted connection)"
+    );
 }

@@ -3,7 +3,7 @@
 pub(crate) mod keeper;
 mod pool;
 
-pub use pool::{Discard, IdleConn, PoolStats, WarmPool, MAX_POOL_DIALS};
+pub use pool::{close_unused, Discard, IdleConn, PoolStats, WarmPool, MAX_POOL_DIALS};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};

@@ -100,16 +100,17 @@ pub(super) struct Lifetime {
     /// Age and time of the last few server-side closes, newest last.
     recent: VecDeque<(Duration, Instant)>,
     pub learned: Option<Duration>,
+    /// When `learned` was set: it lapses after [`Lifetime::lapse`].
+    learned_at: Option<Instant>,
     pub warned: bool,
 }
 
 /// Server-side closes that must agree before a lifetime is believed.
 const LIFETIME_SAMPLES: usize = 3;
 
-/// A pooled connection the server closes younger than this was never worth pooling (a
-/// server that half-closes after its banner, or refuses after accepting): the refill of
-/// its endpoint backs off for `retry_interval`, instead of redialing in a tight loop.
-pub const CHURN_AGE: Duration = Duration::from_millis(100);
+/// Shorter lifetimes are not learned: such a server is not kept warm at all (see
+/// `young_close` in [`PoolState::on_event`]).
+const MIN_LIFETIME: Duration = Duration::from_millis(10);
 
 impl Lifetime {
     /// Records a close by the server, at `now`, of a connection pooled for `age`. A
@@ -136,14 +137,34 @@ impl Lifetime {
         let max = ages().max().unwrap_or_default();
         let first = self.recent.iter().map(|(_, t)| *t).min().unwrap_or(now);
         let spread_in_time = now.saturating_duration_since(first) >= min / 2;
-        if max - min > max / 5 || !spread_in_time || min >= idle_timeout || min < CHURN_AGE {
+        if max - min > max / 5 || !spread_in_time || min >= idle_timeout || min < MIN_LIFETIME {
             return None;
         }
         if self.learned.is_some_and(|t| t <= min) {
             return None;
         }
         self.learned = Some(min);
+        self.learned_at = Some(now);
         Some(min)
+    }
+
+    /// How long a learned lifetime is believed. Retiring connections before the server
+    /// closes them also hides from the pool whether the server still does (its timeout
+    /// may have been raised, or one middlebox taught it wrong): after this the pool lets
+    /// connections live to `idle_timeout` again and learns anew if closes come back.
+    fn lapse(t: Duration) -> Duration {
+        (t * 30).max(Duration::from_secs(60))
+    }
+
+    /// Forgets a lifetime learned longer ago than its lapse.
+    pub fn forget_if_lapsed(&mut self, now: Instant) {
+        if let (Some(t), Some(at)) = (self.learned, self.learned_at) {
+            if now.saturating_duration_since(at) >= Lifetime::lapse(t) {
+                self.learned = None;
+                self.learned_at = None;
+                self.recent.clear();
+            }
+        }
     }
 
     /// Connections older than this are retired: a fifth before the server would close them.
@@ -175,6 +196,22 @@ struct EndpointPool {
     lifetime: Lifetime,
 }
 
+impl EndpointPool {
+    /// A pooled connection made at `since` ended unused (closed by its server, or retired
+    /// before the server would close it). Replacing it at once, whatever its age, would
+    /// let a server that closes connections soon after accepting them (a banner then a
+    /// FIN, a short handshake timeout, a hostile peer) drive a redial loop with no client
+    /// at all. So no connection is redialed only to keep the pool warm sooner than
+    /// `retry_interval` after the one it replaces was made: at most `share` dials per
+    /// `retry_interval` for such an endpoint.
+    fn young_close(&mut self, since: Instant, now: Instant, retry_interval: Duration) {
+        let until = since + retry_interval;
+        if until > now && !matches!(self.backoff_until, Some(b) if b >= until) {
+            self.backoff_until = Some(until);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct PoolState {
     endpoints: Vec<EndpointPool>,
@@ -203,7 +240,8 @@ pub struct WarmPool {
     pub(super) epoll: OwnedFd,
     pub(super) wake: OwnedFd,
     pub(super) idle_timeout: Duration,
-    /// The refill backoff after a failed dial or a connection closed young.
+    /// The refill backoff after a failed dial; and the shortest spacing of redials that
+    /// only keep a connection warm (see [`PoolState::on_event`]).
     retry_interval: Duration,
     discarded: [AtomicU64; 6],
     /// Idle connections now, readable without the lock.
@@ -250,20 +288,28 @@ impl WarmPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle connection of `endpoint` for a client, and records the demand: the newest
-    /// one whose server has greeted, else the newest. A connection dialed a moment ago to
-    /// replace one taken may still be waiting for a slow server's greeting (a fork, an
-    /// auth step, a TLS handshake), while an older one has it queued already.
-    pub fn take(&self, endpoint: usize, now: Instant) -> Option<IdleConn> {
+    /// An idle connection of `endpoint` for a client (and, with `count_demand`, records
+    /// that a session wanted the endpoint): the newest one whose server has greeted, else
+    /// the newest. A connection dialed a moment ago to replace one taken may still be
+    /// waiting for a slow server's greeting (a fork, an auth step, a TLS handshake), while
+    /// an older one has it queued already. Connections due for retirement are left to
+    /// the keeper: their server may close them any moment.
+    pub fn take(&self, endpoint: usize, now: Instant, count_demand: bool) -> Option<IdleConn> {
         let entry = {
             let mut st = self.lock();
             st.rotate(now, self.idle_timeout);
             let p = &mut st.endpoints[endpoint];
-            p.demand_cur += 1;
-            match p.idle.iter().rposition(|e| e.greeted) {
-                Some(i) => p.idle.remove(i)?,
-                None => p.idle.pop_back()?,
+            if count_demand {
+                p.demand_cur += 1;
             }
+            let retire = p.lifetime.retire_age(self.idle_timeout);
+            let young = |e: &Entry| now.saturating_duration_since(e.since) < retire;
+            let pick = p
+                .idle
+                .iter()
+                .rposition(|e| e.greeted && young(e))
+                .or_else(|| p.idle.iter().rposition(young))?;
+            p.idle.remove(pick)?
         };
         self.idle_total.fetch_sub(1, Relaxed);
         // It is the caller's now: the keeper finds nothing for an event that raced.
@@ -324,12 +370,22 @@ impl WarmPool {
     }
 
     /// A reserved dial connected: the connection joins the pool, watched from now on.
-    /// Gives the fd back when the pool does not take it (closed, or no watch possible).
-    pub fn put(&self, endpoint: usize, fd: OwnedFd, now: Instant) -> Result<(), OwnedFd> {
+    /// `down_epoch` is the endpoint's down epoch when the caller saw it up: if the keeper
+    /// has flushed the endpoint since, the connection is refused like the ones flushed.
+    /// Gives the fd back when the pool does not take it (closed, endpoint went down, or
+    /// no watch possible); close it with [`close_unused`].
+    pub fn put(
+        &self,
+        endpoint: usize,
+        fd: OwnedFd,
+        now: Instant,
+        down_epoch: u64,
+    ) -> Result<(), OwnedFd> {
         let mut st = self.lock();
+        let closed = st.closed;
         let p = &mut st.endpoints[endpoint];
         p.dialing = p.dialing.saturating_sub(1);
-        if st.closed {
+        if closed || p.seen_down_epoch != down_epoch {
             return Err(fd);
         }
         let id = st.next_id;
@@ -397,6 +453,9 @@ impl WarmPool {
                 .collect()
         };
         self.idle_total.fetch_sub(drained.len(), Relaxed);
+        for e in drained {
+            close_unused(e.fd);
+        }
     }
 
     pub(super) fn discarded_counter(&self, reason: Discard) -> &AtomicU64 {
@@ -406,6 +465,14 @@ impl WarmPool {
     pub(super) fn idle_removed(&self, n: usize) {
         self.idle_total.fetch_sub(n, Relaxed);
     }
+}
+
+/// Closes a connection no client used. What its server sent first (a greeting) is
+/// discarded before, so the server sees a FIN, not the reset that closing a socket with
+/// unread data sends (MariaDB would log an aborted connection).
+pub fn close_unused(fd: OwnedFd) {
+    sys::discard_unread(fd.as_raw_fd());
+    drop(fd);
 }
 
 /// What the keeper does with one endpoint's idle connections.
@@ -469,9 +536,7 @@ impl PoolState {
         pool.discarded_counter(reason).fetch_add(1, Relaxed);
         pool.idle_removed(1);
         let age = now.saturating_duration_since(entry.since);
-        if age < CHURN_AGE {
-            p.backoff_until = Some(now + pool.retry_interval);
-        }
+        p.young_close(entry.since, now, pool.retry_interval);
         if let Some(t) = p.lifetime.observe(age, now, pool.idle_timeout) {
             if !p.lifetime.warned {
                 p.lifetime.warned = true;
@@ -501,8 +566,10 @@ impl PoolState {
                     .fetch_add(n as u64, Relaxed);
                 pool.idle_removed(n);
             }
+            p.lifetime.forget_if_lapsed(now);
             let retire = p.lifetime.retire_age(pool.idle_timeout);
             while let Some(e) = p.idle.front() {
+                let e_since = e.since;
                 let age = now.saturating_duration_since(e.since);
                 let reason = if age >= pool.idle_timeout {
                     Discard::Expired
@@ -517,6 +584,7 @@ impl PoolState {
                 pool.discarded_counter(reason).fetch_add(1, Relaxed);
                 pool.idle_removed(1);
                 if reason == Discard::Retired {
+                    p.young_close(e_since, now, pool.retry_interval);
                     out.replace += 1;
                 }
             }
@@ -606,10 +674,10 @@ mod tests {
             let (fd, s) = conn(&l);
             raws.push(fd.as_raw_fd());
             servers.push(s);
-            p.put(0, fd, start + Duration::from_secs(i)).unwrap();
+            p.put(0, fd, start + Duration::from_secs(i), 0).unwrap();
         }
         assert_eq!(p.total_idle(), 3);
-        let c = p.take(0, start).unwrap();
+        let c = p.take(0, start, true).unwrap();
         assert_eq!(c.raw(), raws[2], "newest first");
         assert_eq!(p.idle(0), 2);
         p.close();
@@ -628,7 +696,7 @@ mod tests {
             p.reserve_dials(0, start, 1);
             let (fd, s) = conn(&l);
             servers.push(s);
-            p.put(0, fd, start + Duration::from_secs(age)).unwrap();
+            p.put(0, fd, start + Duration::from_secs(age), 0).unwrap();
         }
         let mut out = Removed {
             fds: Vec::new(),
@@ -644,6 +712,23 @@ mod tests {
             .sweep(&p, start + Duration::from_secs(15), |_| 1, &mut out);
         assert_eq!(p.stats().discarded(Discard::Flushed), 1);
         assert_eq!(p.total_idle(), 0);
+    }
+
+    #[test]
+    fn young_closes_space_out_the_redials() {
+        let t0 = Instant::now();
+        let retry = Duration::from_secs(5);
+        let mut p = EndpointPool::default();
+        p.young_close(t0, t0 + Duration::from_millis(150), retry);
+        assert_eq!(p.backoff_until, Some(t0 + retry));
+        p.young_close(t0 - Duration::from_secs(1), t0, retry);
+        assert_eq!(p.backoff_until, Some(t0 + retry), "never shortened");
+        let mut old = EndpointPool::default();
+        old.young_close(t0, t0 + Duration::from_secs(10), retry);
+        assert_eq!(
+            old.backoff_until, None,
+            "older than retry_interval: replaced at once"
+        );
     }
 
     #[test]
@@ -668,6 +753,20 @@ mod tests {
             let at = t0 + ms(50_000) * i as u32;
             assert_eq!(restart.observe(ms(age), at, idle), None, "ages disagree");
         }
+        let mut lapsing = Lifetime::default();
+        for i in 0..3 {
+            lapsing.observe(ms(2_000), t0 + ms(2_000) * i, idle);
+        }
+        assert_eq!(lapsing.learned, Some(ms(2_000)));
+        lapsing.forget_if_lapsed(t0 + ms(4_000 + 59_000));
+        assert_eq!(
+            lapsing.learned,
+            Some(ms(2_000)),
+            "believed for a minute at least"
+        );
+        lapsing.forget_if_lapsed(t0 + ms(4_000 + 60_000));
+        assert_eq!(lapsing.learned, None, "then learned anew");
+        assert_eq!(lapsing.retire_age(idle), idle);
         let mut longer = Lifetime::default();
         for i in 0..3 {
             assert_eq!(
