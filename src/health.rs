@@ -22,13 +22,13 @@ pub(crate) fn spawn(
 }
 
 fn run(shared: &Shared, cfg: &HealthCheckConfig) {
-    let mut next = Instant::now() + cfg.interval;
+    let mut next = crate::deadline::after(Instant::now(), cfg.interval);
     while !shared.stopping() {
         if Instant::now() < next {
             std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
             continue;
         }
-        next += cfg.interval;
+        next = crate::deadline::after(next, cfg.interval);
         probe_all(shared, cfg.timeout);
     }
 }

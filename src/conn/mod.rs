@@ -73,7 +73,8 @@ pub struct Session {
     pub permit: bool,
     /// Counted in its endpoint's active sessions (for `least_active`).
     pub counted: bool,
-    /// Endpoints (bit = id % 64) whose dial failed in this round of tries.
+    /// Endpoints whose dial failed in this round of tries (bit = position in the
+    /// listener's endpoint list, the first 64 only).
     pub tried: u64,
     /// Dial attempts after the first.
     pub retries: u32,

@@ -233,7 +233,7 @@ impl WarmPool {
                     .collect(),
                 next_id: 0,
                 window_start: now,
-                warm_until: now + idle_timeout,
+                warm_until: crate::deadline::after(now, idle_timeout),
                 closed: false,
             }),
             epoll,
@@ -470,7 +470,7 @@ impl PoolState {
         pool.idle_removed(1);
         let age = now.saturating_duration_since(entry.since);
         if age < CHURN_AGE {
-            p.backoff_until = Some(now + pool.retry_interval);
+            p.backoff_until = Some(crate::deadline::after(now, pool.retry_interval));
         }
         if let Some(t) = p.lifetime.observe(age, now, pool.idle_timeout) {
             if !p.lifetime.warned {
@@ -530,7 +530,7 @@ impl PoolState {
             .filter_map(|p| {
                 p.idle
                     .front()
-                    .map(|e| e.since + p.lifetime.retire_age(idle_timeout))
+                    .map(|e| crate::deadline::after(e.since, p.lifetime.retire_age(idle_timeout)))
             })
             .min()
     }
