@@ -135,6 +135,32 @@ pub(crate) struct Worker {
     next_sweep: Instant,
     /// Scratch: workers to wake after an admission call.
     woken: Vec<usize>,
+    /// Accept failures not yet logged (one line per second at most).
+    accept_log: RateLog,
+    /// Upstream sockets that could not be created, not yet logged.
+    socket_log: RateLog,
+}
+
+/// At most one log line per second for a failure that can repeat on every event (out of
+/// descriptors): the line says how many happened since the last one.
+#[derive(Default)]
+pub(crate) struct RateLog {
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLog {
+    /// Records one failure; returns how many to report now, if a line is due.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -248,11 +274,15 @@ impl Worker {
         }
         if res < 0 {
             if res != -libc::ECANCELED {
-                let err = std::io::Error::from_raw_os_error(-res);
-                tracing::warn!(
-                    listener = index,
-                    "client: accept failed: {err}; retrying on the next tick"
-                );
+                self.counters.accept_errors += 1;
+                if let Some(n) = self.accept_log.hit(self.now) {
+                    let err = std::io::Error::from_raw_os_error(-res);
+                    tracing::warn!(
+                        listener = index,
+                        failures = n,
+                        "client: accept failed: {err}; retrying every tick"
+                    );
+                }
             }
             return;
         }
@@ -452,7 +482,9 @@ impl Worker {
         let sock = match sys::stream_socket(&addr) {
             Ok(fd) => fd,
             Err(e) => {
-                tracing::warn!(upstream = %addr, "internal: cannot create an upstream socket: {e}");
+                if let Some(n) = self.socket_log.hit(self.now) {
+                    tracing::warn!(upstream = %addr, failures = n, "internal: cannot create an upstream socket: {e}");
+                }
                 self.counters.upstream_connect_errors += 1;
                 return self.begin_close(key, gen, false);
             }
@@ -1127,6 +1159,8 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     now_ms: 0,
                     next_sweep: now,
                     woken: Vec::new(),
+                    accept_log: RateLog::default(),
+                    socket_log: RateLog::default(),
                 };
                 worker.run()
             })
