@@ -781,6 +781,15 @@ impl Worker {
         if s.permit {
             self.shared.admission.release(&mut self.woken);
         }
+        if s.flushing && !s.reset {
+            // Unread input would turn the close into an RST that discards what the
+            // surviving peer's socket still has to deliver.
+            for fd in [s.client_fd, s.upstream_fd] {
+                if fd >= 0 {
+                    sys::discard_unread(fd);
+                }
+            }
+        }
         sys::close(s.client_fd, s.reset);
         sys::close(s.upstream_fd, s.reset);
         self.wake_granted();

@@ -380,3 +380,16 @@ pub fn ignore_sigpipe() -> io::Result<bool> {
     }
     Ok(true)
 }
+
+/// Bytes `fd`'s socket has accepted but the peer has not acknowledged (`SIOCOUTQ`); 0
+/// when it cannot be read.
+pub fn unsent_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int into `n`, which we own.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}
