@@ -26,6 +26,7 @@ pub mod admission;
 pub mod buffer;
 pub mod config;
 pub mod conn;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod health;

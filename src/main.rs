@@ -92,6 +92,15 @@ fn run(config: Config) -> Result<(), ProxyError> {
     // Kept to report a bind that fails after the probe (a port taken in between) as the
     // configuration error it is.
     let loaded = config.clone();
+    // Installed before the listeners exist: a SIGTERM that arrives while the workers
+    // start is handled (exit 0 after the stop), not the default action (killed).
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {
+            ProxyError::Internal {
+                what: "cannot install signal handlers".into(),
+                source,
+            }
+        })?;
     let handle = sssonector::start(config).map_err(|e| match e {
         ProxyError::Bind { name, addr, source }
             if sssonector::config::is_bind_config_error(&source) =>
@@ -101,13 +110,6 @@ fn run(config: Config) -> Result<(), ProxyError> {
         other => other,
     })?;
     let trigger = handle.shutdown_trigger();
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {
-            ProxyError::Internal {
-                what: "cannot install signal handlers".into(),
-                source,
-            }
-        })?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down");

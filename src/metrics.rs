@@ -75,6 +75,12 @@ counters! {
     queue_wait_ms,
     /// Sessions closed after `idle_timeout` without traffic.
     session_timeouts,
+    /// Completions the kernel dropped (io_uring_enter returned EBADR).
+    completions_dropped,
+    /// Gauge: entries on the worker's ENOBUFS wait list.
+    buffer_waiters,
+    /// Accepts that failed (EMFILE, ENFILE, ENOMEM...).
+    accept_errors,
 }
 
 /// The shared copy of one worker's counters, written only by that worker at publish time.

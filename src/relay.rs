@@ -4,7 +4,7 @@
 
 use io_uring::cqueue;
 
-use crate::conn::{State, CLIENT_TO_UPSTREAM};
+use crate::conn::{State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::uring::{sys, OpKind, SendOp, Token};
 use crate::worker::Worker;
 
@@ -22,7 +22,13 @@ impl Worker {
             return;
         };
         let d = &s.dirs[dir];
-        if s.state != State::Active || d.recv_armed || d.eof || d.parked || d.queue.len() >= cap {
+        if s.state != State::Active
+            || d.recv_armed
+            || d.eof
+            || d.parked
+            || d.dead
+            || d.queue.len() >= cap
+        {
             return;
         }
         let (src, _) = s.fds(dir);
@@ -95,7 +101,8 @@ impl Worker {
                 self.drop_received(slot);
                 if e != -libc::ECANCELED {
                     self.count_peer_error(dir, true, e);
-                    self.begin_close(key, gen, true);
+                    // The source of `dir` failed.
+                    self.peer_failed(key, gen, dir == CLIENT_TO_UPSTREAM);
                 }
             }
         }
@@ -109,7 +116,7 @@ impl Worker {
             return;
         };
         let d = &s.dirs[dir];
-        if d.sending || s.state != State::Active {
+        if d.sending || d.dead || s.state != State::Active {
             return;
         }
         let queue = d.queue;
@@ -175,10 +182,19 @@ impl Worker {
         if s.state != State::Active {
             return;
         }
+        if s.dirs[dir].dead {
+            // The destination failed while this send was in flight: now that the kernel
+            // is done with the slots, drop them.
+            if self.ring.buffers.clear(&mut s.dirs[dir].queue) > 0 {
+                self.serve_waiters();
+            }
+            return;
+        }
         if res <= 0 {
             if res != -libc::ECANCELED {
                 self.count_peer_error(dir, false, res);
-                self.begin_close(key, gen, true);
+                // The destination of `dir` failed.
+                self.peer_failed(key, gen, dir != CLIENT_TO_UPSTREAM);
             }
             return;
         }
@@ -212,6 +228,45 @@ impl Worker {
         if s.dirs.iter().all(|d| d.shut) {
             self.begin_close(key, gen, false);
         }
+    }
+
+    /// One peer of a session failed (reset or error; `client` says which). What was
+    /// queued for the *other* peer is still delivered, then that peer gets a FIN; what
+    /// was queued for the failed peer is dropped, since nobody can receive it. When
+    /// nothing is left for the other peer (neither in our slots nor unsent in its
+    /// socket), the failure is passed on at once as a reset, as before.
+    pub(crate) fn peer_failed(&mut self, key: usize, gen: u32, client: bool) {
+        // `to_dead` sends to the failed peer; `from_dead` receives from it.
+        let (to_dead, from_dead) = if client {
+            (UPSTREAM_TO_CLIENT, CLIENT_TO_UPSTREAM)
+        } else {
+            (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)
+        };
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        if s.state != State::Active || s.dirs[to_dead].dead {
+            return;
+        }
+        let (_, survivor) = s.fds(from_dead);
+        let d = &s.dirs[from_dead];
+        let owed = !d.queue.is_empty() || d.sending || sys::unsent_bytes(survivor) > 0;
+        if !owed || d.shut {
+            return self.begin_close(key, gen, true);
+        }
+        s.flushing = true;
+        let dead = &mut s.dirs[to_dead];
+        dead.dead = true;
+        dead.shut = true;
+        if !dead.sending && self.ring.buffers.clear(&mut dead.queue) > 0 {
+            self.serve_waiters();
+        }
+        if let Some(s) = self.table.get_mut(key, gen) {
+            // Nothing more comes from the failed peer: deliver the rest, then the FIN.
+            s.dirs[from_dead].eof = true;
+        }
+        self.start_send(key, gen, from_dead);
+        self.pass_fin(key, gen, from_dead);
     }
 
     /// Takes and at once hands back a slot a receive filled that no session can use.

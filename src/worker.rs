@@ -15,6 +15,7 @@ use crate::admission::{Admission, Admit, Ticket};
 use crate::buffer::{BufferRegistry, Registration};
 use crate::config::{Balance, Config, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
+use crate::deadline;
 use crate::error::ProxyError;
 use crate::metrics::{EndpointSnapshot, PublishedCounters, StatsSnapshot, WorkerCounters};
 use crate::upstream::{self, keeper, Discard, EndpointTable, WarmPool};
@@ -134,6 +135,32 @@ pub(crate) struct Worker {
     next_sweep: Instant,
     /// Scratch: workers to wake after an admission call.
     woken: Vec<usize>,
+    /// Accept failures not yet logged (one line per second at most).
+    accept_log: RateLog,
+    /// Upstream sockets that could not be created, not yet logged.
+    socket_log: RateLog,
+}
+
+/// At most one log line per second for a failure that can repeat on every event (out of
+/// descriptors): the line says how many happened since the last one.
+#[derive(Default)]
+pub(crate) struct RateLog {
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLog {
+    /// Records one failure; returns how many to report now, if a line is due.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -149,14 +176,26 @@ impl Worker {
         let mut cqes = Vec::with_capacity(1024);
         let mut stop_deadline = self.now;
         loop {
-            self.ring
+            let entered = self
+                .ring
                 .submit_and_wait()
                 .map_err(|source| ProxyError::Internal {
                     what: "io_uring_enter failed".into(),
                     source,
                 })?;
+            if entered == uring::Entered::DroppedCompletion {
+                // The kernel could not buffer a completion and dropped it: one op's
+                // outcome is lost (its session may stay until the inactivity timeout),
+                // but the ring and every other session are fine. Counted and logged;
+                // the proxy goes on.
+                self.counters.completions_dropped += 1;
+                tracing::error!(
+                    dropped = self.counters.completions_dropped,
+                    "io_uring dropped a completion (CQ overflow); continuing"
+                );
+            }
             self.now = Instant::now();
-            self.now_ms = self.now.duration_since(self.started).as_millis() as u64;
+            self.now_ms = deadline::millis(self.now.duration_since(self.started));
             self.ring.reap(&mut cqes);
             for &(user_data, res, flags) in &cqes {
                 self.dispatch(user_data, res, flags);
@@ -164,7 +203,7 @@ impl Worker {
             if self.stopping && self.table.is_empty() {
                 if !self.cancelled_all {
                     self.cancelled_all = true;
-                    stop_deadline = self.now + STOP_GRACE;
+                    stop_deadline = deadline::after(self.now, STOP_GRACE);
                     self.ring
                         .cancel_all(Token::new(WORKER_KEY, 0, OpKind::Cancel));
                     // Wakes the loop while zero-copy notifications may still be due.
@@ -235,11 +274,15 @@ impl Worker {
         }
         if res < 0 {
             if res != -libc::ECANCELED {
-                let err = std::io::Error::from_raw_os_error(-res);
-                tracing::warn!(
-                    listener = index,
-                    "client: accept failed: {err}; retrying on the next tick"
-                );
+                self.counters.accept_errors += 1;
+                if let Some(n) = self.accept_log.hit(self.now) {
+                    let err = std::io::Error::from_raw_os_error(-res);
+                    tracing::warn!(
+                        listener = index,
+                        failures = n,
+                        "client: accept failed: {err}; retrying every tick"
+                    );
+                }
             }
             return;
         }
@@ -261,7 +304,7 @@ impl Worker {
                 }
             }
             if self.now >= self.next_sweep {
-                self.next_sweep = self.now + self.settings.sweep_every;
+                self.next_sweep = deadline::after(self.now, self.settings.sweep_every);
                 self.sweep();
             }
             self.refill();
@@ -311,6 +354,7 @@ impl Worker {
         self.counters.buffer_slots_in_use = b.in_use() as u64;
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
         self.counters.buffer_allocations = b.allocations();
+        self.counters.buffer_waiters = self.waiters.len() as u64;
         // Every pool dial is a table entry until it joins the pool.
         self.counters.sessions_active = self.table.len().saturating_sub(self.pool_dialing) as u64;
         self.published.publish(&self.counters);
@@ -374,8 +418,9 @@ impl Worker {
         match self.table.get_mut(t.key, t.gen) {
             Some(s) if s.state == State::Queued => {
                 s.permit = true;
-                self.counters.queue_wait_ms +=
-                    self.now.saturating_duration_since(t.since).as_millis() as u64;
+                self.counters.queue_wait_ms = self.counters.queue_wait_ms.saturating_add(
+                    deadline::millis(self.now.saturating_duration_since(t.since)),
+                );
                 self.connect_client(t.key, t.gen);
             }
             // The client went away (or timed out) after the grant was made.
@@ -440,7 +485,9 @@ impl Worker {
         let sock = match sys::stream_socket(&addr) {
             Ok(fd) => fd,
             Err(e) => {
-                tracing::warn!(upstream = %addr, "internal: cannot create an upstream socket: {e}");
+                if let Some(n) = self.socket_log.hit(self.now) {
+                    tracing::warn!(upstream = %addr, failures = n, "internal: cannot create an upstream socket: {e}");
+                }
                 self.counters.upstream_connect_errors += 1;
                 return self.begin_close(key, gen, false);
             }
@@ -579,12 +626,22 @@ impl Worker {
             self.pool_dialing -= 1;
             self.shared
                 .pool
-                .dial_failed(ep, self.now + self.settings.retry_interval);
+                .dial_failed(ep, deadline::after(self.now, self.settings.retry_interval));
             return self.begin_close(key, gen, false);
         }
         // A client's dial: another healthy endpoint at once, the same one after
         // retry_interval, at most max_retries more attempts in all.
-        s.tried |= 1u64 << (ep % 64);
+        // Bit = the endpoint's position in its listener's list; positions past 64 are
+        // not marked (they may be tried again in the round, bounded by max_retries),
+        // so no endpoint is ever wrongly excluded.
+        if let Some(pos) = self.listeners[s.listener as usize]
+            .endpoints
+            .iter()
+            .position(|&e| e == ep)
+            .filter(|&p| p < 64)
+        {
+            s.tried |= 1u64 << pos;
+        }
         if s.retries >= self.settings.max_retries {
             self.counters.connection_failures += 1;
             tracing::debug!(upstream = %addr, retries = s.retries, "upstream: giving up on the client after its retries");
@@ -654,7 +711,23 @@ impl Worker {
             }
         }
         self.table.unlink(key);
+        self.forget_waiter(key, gen);
         self.settle(key, gen);
+    }
+
+    /// Takes a closing session's parked directions off the wait list, so the list holds
+    /// only live sessions however many come and go while the pool is exhausted.
+    fn forget_waiter(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        if !s.dirs.iter().any(|d| d.parked) {
+            return;
+        }
+        for d in &mut s.dirs {
+            d.parked = false;
+        }
+        self.waiters.retain(|&(k, g, _)| (k, g) != (key, gen));
     }
 
     /// After an op of entry `key` completed or it started closing: free a drained entry,
@@ -713,6 +786,15 @@ impl Worker {
         if s.permit {
             self.shared.admission.release(&mut self.woken);
         }
+        if s.flushing && !s.reset {
+            // Unread input would turn the close into an RST that discards what the
+            // surviving peer's socket still has to deliver.
+            for fd in [s.client_fd, s.upstream_fd] {
+                if fd >= 0 {
+                    sys::discard_unread(fd);
+                }
+            }
+        }
         sys::close(s.client_fd, s.reset);
         sys::close(s.upstream_fd, s.reset);
         self.wake_granted();
@@ -722,7 +804,7 @@ impl Worker {
     /// pool keeper looks after idle pooled connections).
     fn sweep(&mut self) {
         if let Some(timeout) = self.settings.session_idle_timeout {
-            let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let idle_ms = deadline::millis(timeout);
             while let Some((key, gen, last)) = self.table.oldest_active() {
                 if last.saturating_add(idle_ms) > self.now_ms {
                     break;
@@ -733,7 +815,7 @@ impl Worker {
             }
         }
 
-        let queue_ms = self.settings.queue_timeout.as_millis() as u64;
+        let queue_ms = deadline::millis(self.settings.queue_timeout);
         while let Some(&(key, gen)) = self.queued.front() {
             let Some(s) = self.table.get_mut(key, gen) else {
                 self.queued.pop_front();
@@ -743,7 +825,7 @@ impl Worker {
                 self.queued.pop_front();
                 continue;
             }
-            if s.last_active + queue_ms > self.now_ms {
+            if s.last_active.saturating_add(queue_ms) > self.now_ms {
                 break;
             }
             self.queued.pop_front();
@@ -928,6 +1010,15 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     let conn = &config.connection;
     let slots = conn.buffer.max_pool_size.div_ceil(workers).max(1);
     let internal = |what: String| move |source| ProxyError::Internal { what, source };
+    match sys::ignore_sigpipe() {
+        Ok(true) => {
+            tracing::debug!("SIGPIPE is ignored from now on (WriteFixed cannot pass MSG_NOSIGNAL)")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!("cannot ignore SIGPIPE: {e}; send_mode fixed may be killed by one")
+        }
+    }
     match sys::raise_nofile_limit() {
         Ok(n) if n < 4096 => tracing::warn!(
             limit = n,
@@ -1082,6 +1173,8 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     now_ms: 0,
                     next_sweep: now,
                     woken: Vec::new(),
+                    accept_log: RateLog::default(),
+                    socket_log: RateLog::default(),
                 };
                 worker.run()
             })

@@ -40,31 +40,31 @@ fn sessions_and_shutdown_leave_no_fd_open() {
 
     // Clean close, half-close first, then many at once.
     for _ in 0..3 {
-        let mut c = TcpStream::connect(proxy.addrs[0]).unwrap();
+        let mut c = connect_timed(proxy.addrs[0]).unwrap();
         c.write_all(b"ping").unwrap();
         c.shutdown(std::net::Shutdown::Write).unwrap();
         assert_eq!(read_to_end(&mut c).unwrap(), b"ping");
     }
     let many: Vec<TcpStream> = (0..100)
-        .map(|_| TcpStream::connect(proxy.addrs[0]).unwrap())
+        .map(|_| connect_timed(proxy.addrs[0]).unwrap())
         .collect();
     proxy.wait_for("100 open", |s| s.total.sessions_active == 100);
     drop(many);
     // The client resets.
-    let mut c = TcpStream::connect(proxy.addrs[0]).unwrap();
+    let mut c = connect_timed(proxy.addrs[0]).unwrap();
     c.write_all(b"x").unwrap();
     let mut one = [0u8; 1];
     c.read_exact(&mut one).unwrap();
     reset(&c);
     drop(c);
     // The upstream resets.
-    let mut c = TcpStream::connect(proxy.addrs[1]).unwrap();
+    let mut c = connect_timed(proxy.addrs[1]).unwrap();
     c.write_all(b"hello").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(c.read(&mut [0u8; 8]).is_err());
     drop(c);
     // The upstream refuses.
-    let mut c = TcpStream::connect(proxy.addrs[2]).unwrap();
+    let mut c = connect_timed(proxy.addrs[2]).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(matches!(c.read(&mut [0u8; 8]), Ok(0) | Err(_)));
     drop(c);

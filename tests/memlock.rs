@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -76,7 +76,7 @@ fn memlock_fallback_still_relays() {
     let mut payload = vec![0u8; 8 << 20];
     Pattern::new(5).fill(&mut payload);
     let payload = Arc::new(payload);
-    let mut c = TcpStream::connect(addr).expect("connect");
+    let mut c = connect_timed(addr).expect("connect");
     let mut w = c.try_clone().unwrap();
     let p = payload.clone();
     let writer = std::thread::spawn(move || {

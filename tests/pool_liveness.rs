@@ -59,7 +59,7 @@ fn greeter(mode: Unclaimed) -> (Upstream, Arc<AtomicUsize>) {
 
 /// One client: the intact greeting first (when the server greets), then a byte-exact echo.
 fn greeted_echo(proxy: std::net::SocketAddr, greet: bool, tag: usize) -> Result<(), String> {
-    let mut c = TcpStream::connect(proxy).map_err(|e| format!("connect: {e}"))?;
+    let mut c = connect_timed(proxy).map_err(|e| format!("connect: {e}"))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     if greet {
@@ -244,7 +244,7 @@ fn any_worker_hands_out_the_one_pool() {
         up.stop_accepting();
         let connected = base.elapsed().as_micros();
         let mut clients: Vec<TcpStream> = (0..2)
-            .map(|_| TcpStream::connect(proxy.addr()).expect("connect"))
+            .map(|_| connect_timed(proxy.addr()).expect("connect"))
             .collect();
         for (i, c) in clients.iter_mut().enumerate() {
             c.write_all(b"when?").expect("write");
@@ -292,7 +292,7 @@ fn a_server_that_closes_new_connections_at_once_is_not_redialed_in_a_loop() {
     assert!(accepted >= 4, "the pool tried: {accepted}");
     assert!(accepted <= 4 * 4, "refills back off: {accepted} connects");
     // A client still gets the banner and the FIN, through its own connection.
-    let mut c = TcpStream::connect(proxy.addr()).expect("connect");
+    let mut c = connect_timed(proxy.addr()).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     assert_eq!(read_to_end(&mut c).expect("read"), b"bye\r\n");

@@ -44,7 +44,7 @@ fn quiet_session_survives_pool_idle_timeout() {
         1,
         "  pool:\n    max_idle: 2\n    idle_timeout: 1s\n",
     );
-    let mut conn = TcpStream::connect(proxy.addr()).expect("connect");
+    let mut conn = connect_timed(proxy.addr()).expect("connect");
     echo_once(&mut conn, b"hello");
     // Quiet for two and a half pool idle timeouts.
     assert_eq!(closed_within(&mut conn, Duration::from_millis(2500)), None);
@@ -64,8 +64,8 @@ fn session_idle_timeout_closes_a_quiet_session_only() {
         1,
         "  pool:\n    max_idle: 2\n  session:\n    idle_timeout: 1s\n",
     );
-    let mut quiet = TcpStream::connect(proxy.addr()).expect("connect");
-    let mut busy = TcpStream::connect(proxy.addr()).expect("connect");
+    let mut quiet = connect_timed(proxy.addr()).expect("connect");
+    let mut busy = connect_timed(proxy.addr()).expect("connect");
     echo_once(&mut quiet, b"one message, then silence");
     let silent_since = Instant::now();
     let closer = std::thread::spawn(move || {
@@ -101,7 +101,7 @@ fn session_idle_timeout_zero_keeps_quiet_sessions_open() {
         1,
         "  pool:\n    max_idle: 2\n    idle_timeout: 1s\n  session:\n    idle_timeout: 0\n",
     );
-    let mut conn = TcpStream::connect(proxy.addr()).expect("connect");
+    let mut conn = connect_timed(proxy.addr()).expect("connect");
     echo_once(&mut conn, b"hello");
     assert_eq!(closed_within(&mut conn, Duration::from_millis(2500)), None);
     echo_once(&mut conn, b"still here");

@@ -47,6 +47,9 @@ pub struct Direction {
     pub eof: bool,
     /// The FIN has been passed on to the destination (`shutdown(SHUT_WR)`).
     pub shut: bool,
+    /// The destination failed (reset or error): nothing more is sent or received this
+    /// way; what was queued for it is dropped (no peer can take it any more).
+    pub dead: bool,
 }
 
 const NIL: u32 = u32::MAX;
@@ -67,13 +70,18 @@ pub struct Session {
     pub ops: u32,
     /// Close with RST (SO_LINGER 0) rather than FIN: a peer reset or an error.
     pub reset: bool,
+    /// One peer failed and the other is being given what was queued for it: at the close
+    /// its unread input is discarded so that the close is a FIN after the data, not an
+    /// RST that would throw away what its socket still buffers.
+    pub flushing: bool,
     /// Per direction: whether its destination is off this host (zero-copy may pay off).
     pub remote: [bool; 2],
     /// Holds one of the global `max_active` slots.
     pub permit: bool,
     /// Counted in its endpoint's active sessions (for `least_active`).
     pub counted: bool,
-    /// Endpoints (bit = id % 64) whose dial failed in this round of tries.
+    /// Endpoints whose dial failed in this round of tries (bit = position in the
+    /// listener's endpoint list, the first 64 only).
     pub tried: u64,
     /// Dial attempts after the first.
     pub retries: u32,
@@ -138,6 +146,7 @@ impl ConnTable {
             dirs: Default::default(),
             ops: 0,
             reset: false,
+            flushing: false,
             remote: [false; 2],
             permit: false,
             counted: false,

@@ -118,9 +118,10 @@ pub fn pick(
     exclude: u64,
     healthy_only: bool,
 ) -> Option<usize> {
-    let usable = |id: &usize, healthy: bool| {
-        let bit = 1u64 << (*id % 64);
-        exclude & bit == 0 && (!healthy || table.is_up(*id))
+    // `exclude` holds positions in `candidates` (the first 64).
+    let usable = |pos: usize, id: usize, healthy: bool| {
+        let excluded = pos < 64 && exclude & (1u64 << pos) != 0;
+        !excluded && (!healthy || table.is_up(id))
     };
     let passes: &[bool] = if healthy_only {
         &[true]
@@ -132,8 +133,9 @@ pub fn pick(
         match policy {
             Balance::RoundRobin => {
                 for i in 0..n {
-                    let id = candidates[(*cursor + i) % n];
-                    if usable(&id, healthy) {
+                    let pos = (*cursor + i) % n;
+                    let id = candidates[pos];
+                    if usable(pos, id, healthy) {
                         *cursor = (*cursor + i + 1) % n;
                         return Some(id);
                     }
@@ -142,9 +144,10 @@ pub fn pick(
             Balance::LeastActive => {
                 let best = candidates
                     .iter()
-                    .filter(|id| usable(id, healthy))
-                    .min_by_key(|id| table.get(**id).active.load(Relaxed));
-                if let Some(&id) = best {
+                    .enumerate()
+                    .filter(|&(pos, &id)| usable(pos, id, healthy))
+                    .min_by_key(|&(_, &id)| table.get(id).active.load(Relaxed));
+                if let Some((_, &id)) = best {
                     return Some(id);
                 }
             }
@@ -213,6 +216,37 @@ mod tests {
         assert_eq!(
             pick(&t, &all, Balance::RoundRobin, &mut cur, 0b111, false),
             None
+        );
+    }
+
+    /// With more than 64 endpoints, a failed one must not exclude the endpoint 64
+    /// positions on (the old `id % 64` mask did), and a listener's positions, not global
+    /// ids, are what the mask holds.
+    #[test]
+    fn more_than_64_endpoints_exclude_only_what_failed() {
+        let t = table(130);
+        // A second listener's endpoints: ids 65..130, positions 0..65.
+        let second: Vec<usize> = (65..130).collect();
+        let mut cur = 0;
+        // Position 0 (id 65) failed: the next pick is position 1 (id 66), not skipping
+        // id 65 + 64.
+        assert_eq!(
+            pick(&t, &second, Balance::RoundRobin, &mut cur, 0b1, true),
+            Some(66)
+        );
+        // Every one of the first 64 positions failed: position 64 (id 129) is still usable.
+        let mut cur = 0;
+        assert_eq!(
+            pick(&t, &second, Balance::RoundRobin, &mut cur, u64::MAX, true),
+            Some(129)
+        );
+        for id in 66..130 {
+            t.get(id).active.store(10, Relaxed);
+        }
+        assert_eq!(
+            pick(&t, &second, Balance::LeastActive, &mut cur, 0b10, true),
+            Some(65),
+            "least_active excludes by position too"
         );
     }
 

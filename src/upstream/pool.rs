@@ -205,7 +205,7 @@ impl EndpointPool {
     /// `retry_interval` after the one it replaces was made: at most `share` dials per
     /// `retry_interval` for such an endpoint.
     fn young_close(&mut self, since: Instant, now: Instant, retry_interval: Duration) {
-        let until = since + retry_interval;
+        let until = crate::deadline::after(since, retry_interval);
         if until > now && !matches!(self.backoff_until, Some(b) if b >= until) {
             self.backoff_until = Some(until);
         }
@@ -271,7 +271,7 @@ impl WarmPool {
                     .collect(),
                 next_id: 0,
                 window_start: now,
-                warm_until: now + idle_timeout,
+                warm_until: crate::deadline::after(now, idle_timeout),
                 closed: false,
             }),
             epoll,
@@ -598,7 +598,7 @@ impl PoolState {
             .filter_map(|p| {
                 p.idle
                     .front()
-                    .map(|e| e.since + p.lifetime.retire_age(idle_timeout))
+                    .map(|e| crate::deadline::after(e.since, p.lifetime.retire_age(idle_timeout)))
             })
             .min()
     }

@@ -8,7 +8,7 @@ use crate::error::ProxyError;
 
 mod ring;
 pub mod sys;
-pub use ring::{RawSockAddr, Ring, SendOp, MAX_IOV};
+pub use ring::{classify_enter_error, Entered, RawSockAddr, Ring, SendOp, MAX_IOV};
 
 /// What one submitted op is, so its completion can be routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! (buffer registry, timespecs, socket addresses, the wake counter), so nothing an op
 //! references can be dropped before the ring itself.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -108,9 +109,28 @@ pub struct Ring {
     #[allow(clippy::vec_box)]
     msgs: Vec<Box<MsgBuf>>,
     free_msgs: Vec<u16>,
+    /// Entries waiting for room in the submission queue, oldest first, in groups that
+    /// must enter the queue together (a connect and its linked timeout). While it is not
+    /// empty every new entry joins its back, so ops keep their order.
+    backlog: VecDeque<Backlogged>,
     /// Submitted ops whose final completion has not been reaped.
     in_flight: usize,
     tick_one_shot: bool,
+}
+
+/// One entry, or a linked pair that must stay adjacent in the submission queue.
+enum Backlogged {
+    One(Entry),
+    Linked(Entry, Entry),
+}
+
+impl Backlogged {
+    fn len(&self) -> usize {
+        match self {
+            Backlogged::One(_) => 1,
+            Backlogged::Linked(..) => 2,
+        }
+    }
 }
 
 fn timespec(d: Duration) -> Box<Timespec> {
@@ -136,6 +156,7 @@ impl Ring {
             wake_counter: Box::new(0),
             msgs: Vec::new(),
             free_msgs: Vec::new(),
+            backlog: VecDeque::new(),
             in_flight: 0,
             tick_one_shot: false,
         }
@@ -150,22 +171,56 @@ impl Ring {
         self.in_flight
     }
 
-    /// Queues one entry, submitting first when the submission queue is full.
+    /// Queues one entry; when the submission queue is full it waits in the backlog.
     fn push(&mut self, entry: Entry) {
-        loop {
-            // SAFETY: every entry built by this type points only at memory owned by `self`
-            // (registry slots, boxed timespecs and addresses, the wake counter), all of
-            // which outlive the ring because of the field order above.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.in_flight += 1;
+        self.in_flight += 1;
+        self.enqueue(Backlogged::One(entry));
+    }
+
+    /// Queues `group` behind whatever waits, then moves what fits into the submission
+    /// queue. Never blocks and never submits: the loop's next `submit_and_wait` does,
+    /// and reaps completions meanwhile, so a kernel that refuses submissions (EBUSY
+    /// while completions are pending) cannot make this spin.
+    fn enqueue(&mut self, group: Backlogged) {
+        self.backlog.push_back(group);
+        self.flush_backlog();
+    }
+
+    /// Moves backlogged groups into the submission queue while whole groups fit.
+    fn flush_backlog(&mut self) {
+        while let Some(group) = self.backlog.front() {
+            let room = {
+                let sq = self.ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room < group.len() {
                 return;
             }
-            // With SUBMIT_ALL and the kernel's CQ overflow list, a failed submit (EBUSY)
-            // only delays: the kernel consumes the queue as completions are posted.
-            if let Err(e) = self.ring.submit() {
-                tracing::debug!("submit while the queue is full: {e}");
+            let Some(group) = self.backlog.pop_front() else {
+                return;
+            };
+            let mut sq = self.ring.submission();
+            // SAFETY: every entry built by this type points only at memory owned by
+            // `self` (registry slots, boxed timespecs and addresses, the wake counter,
+            // boxed messages), all of which outlive the ring because of the field order
+            // above. Room for the whole group was checked, so a pair stays adjacent.
+            let pushed = unsafe {
+                match &group {
+                    Backlogged::One(e) => sq.push(e),
+                    Backlogged::Linked(a, b) => sq.push_multiple(&[a.clone(), b.clone()]),
+                }
+            };
+            drop(sq);
+            if pushed.is_err() {
+                self.backlog.push_front(group);
+                return;
             }
         }
+    }
+
+    /// Entries waiting for room in the submission queue.
+    pub fn backlogged(&self) -> usize {
+        self.backlog.iter().map(Backlogged::len).sum()
     }
 
     /// Multishot accept on a listening socket.
@@ -272,16 +327,11 @@ impl Ring {
         let t = opcode::LinkTimeout::new(&*self.connect_timeout)
             .build()
             .user_data(timeout_token.encode());
-        // The pair must be adjacent in the queue: make room for both first.
-        let room = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if room < 2 {
-            let _ = self.ring.submit();
-        }
-        self.push(e);
-        self.push(t);
+        // The pair enters the queue together or not at all: a connect submitted without
+        // its timeout would carry IO_LINK onto whatever came next, and the timeout alone
+        // would fail with EINVAL.
+        self.in_flight += 2;
+        self.enqueue(Backlogged::Linked(e, t));
     }
 
     /// Cancels every op on `fd`.
@@ -341,19 +391,34 @@ impl Ring {
         self.push(e);
     }
 
-    /// Submits what is queued and waits for at least one completion.
-    pub fn submit_and_wait(&mut self) -> io::Result<()> {
-        match self.ring.submit_and_wait(1) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
+    /// Submits what is queued (and what waited in the backlog, as room frees) and waits
+    /// for at least one completion. Errors the loop survives are `Ok` with what they
+    /// mean; only a broken ring is an error.
+    pub fn submit_and_wait(&mut self) -> io::Result<Entered> {
+        loop {
+            self.flush_backlog();
+            if self.backlog.is_empty() {
+                break;
             }
-            Err(e) => Err(e),
+            // The queue is full and more waits: submit without waiting, then refill.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) => match classify_enter_error(&e) {
+                    Entered::Fatal => return Err(e),
+                    other => return Ok(other),
+                },
+            }
+            if !self.ring.completion().is_empty() {
+                // Let the caller reap before it submits more.
+                return Ok(Entered::Ok);
+            }
+        }
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(Entered::Ok),
+            Err(e) => match classify_enter_error(&e) {
+                Entered::Fatal => Err(e),
+                other => Ok(other),
+            },
         }
     }
 
@@ -366,5 +431,108 @@ impl Ring {
             }
             out.push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
+    }
+}
+
+/// What an `io_uring_enter` call's outcome means for the worker loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entered {
+    /// Submitted and/or waited; reap and go on.
+    Ok,
+    /// Interrupted or busy (EINTR, EAGAIN, EBUSY): reap what is there and try again.
+    Retry,
+    /// EBADR: the kernel dropped at least one completion (CQ overflow it could not
+    /// buffer). Some op's completion is lost; the ring itself still works.
+    DroppedCompletion,
+    /// Anything else: the ring is unusable.
+    Fatal,
+}
+
+/// Sorts an `io_uring_enter` error into what the loop does about it.
+pub fn classify_enter_error(e: &io::Error) -> Entered {
+    match e.raw_os_error() {
+        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => Entered::Retry,
+        Some(libc::EBADR) => Entered::DroppedCompletion,
+        _ => Entered::Fatal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uring::{OpKind, Token};
+
+    fn small_ring(entries: u32) -> Ring {
+        let ring = IoUring::builder().build(entries).expect("io_uring");
+        let buffers = BufferRegistry::new(1, 4096).expect("registry");
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        Ring::new(
+            ring,
+            buffers,
+            &[refused],
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+            Duration::from_millis(100),
+        )
+    }
+
+    /// A connect pushed into a nearly full queue keeps its linked timeout: the timeout
+    /// completes as cancelled by its connect, never with EINVAL for being unlinked.
+    #[test]
+    fn a_connect_keeps_its_timeout_when_the_queue_is_nearly_full() {
+        let mut ring = small_ring(4);
+        for i in 0..3 {
+            ring.retry_timer(Token::new(i, 1, OpKind::RetryTimer));
+        }
+        let sock = crate::uring::sys::stream_socket(&"127.0.0.1:1".parse().expect("addr"))
+            .expect("socket");
+        use std::os::fd::AsRawFd;
+        ring.connect(
+            sock.as_raw_fd(),
+            0,
+            Token::new(9, 1, OpKind::Connect),
+            Token::new(9, 1, OpKind::ConnectTimeout),
+        );
+        assert_eq!(ring.backlogged(), 2, "the pair waits whole");
+        let mut cqes = Vec::new();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ring.in_flight() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ops never completed: {seen:?}"
+            );
+            ring.submit_and_wait().expect("enter");
+            ring.reap(&mut cqes);
+            for &(user_data, res, _) in &cqes {
+                if let Some(t) = Token::decode(user_data) {
+                    seen.push((t.op, res));
+                }
+            }
+        }
+        let timeout = seen
+            .iter()
+            .find(|(op, _)| *op == OpKind::ConnectTimeout)
+            .map(|(_, res)| *res);
+        assert_eq!(timeout, Some(-libc::ECANCELED), "{seen:?}");
+        let connect = seen
+            .iter()
+            .find(|(op, _)| *op == OpKind::Connect)
+            .map(|(_, r)| *r);
+        assert_eq!(connect, Some(-libc::ECONNREFUSED), "{seen:?}");
+    }
+
+    #[test]
+    fn a_dropped_completion_is_not_fatal() {
+        let e = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(
+            classify_enter_error(&e(libc::EBADR)),
+            Entered::DroppedCompletion
+        );
+        assert_eq!(classify_enter_error(&e(libc::EBUSY)), Entered::Retry);
+        assert_eq!(classify_enter_error(&e(libc::EINTR)), Entered::Retry);
+        assert_eq!(classify_enter_error(&e(libc::EBADF)), Entered::Fatal);
     }
 }

@@ -357,3 +357,39 @@ pub fn discard_unread(fd: RawFd) {
         }
     }
 }
+
+/// Makes SIGPIPE ignored process-wide. `WriteFixed` (send_mode `fixed`) cannot pass
+/// `MSG_NOSIGNAL`, so a write to a peer that reset raises SIGPIPE, whose default action
+/// kills the process. Rust binaries ignore it already; a program embedding the library
+/// may not. Returns whether it had to change the disposition.
+pub fn ignore_sigpipe() -> io::Result<bool> {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) })?;
+    if old.sa_sigaction == libc::SIG_IGN {
+        return Ok(false);
+    }
+    if old.sa_sigaction != libc::SIG_DFL {
+        // The embedding program handles SIGPIPE itself: leave its handler alone.
+        return Ok(false);
+    }
+    // SAFETY: installing SIG_IGN has no memory preconditions.
+    let prev = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if prev == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// Bytes `fd`'s socket has accepted but the peer has not acknowledged (`SIOCOUTQ`); 0
+/// when it cannot be read.
+pub fn unsent_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int into `n`, which we own.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}

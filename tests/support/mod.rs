@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 
 use sssonector::{Config, ProxyHandle, StatsSnapshot};
 
+/// The longest any read or write of a test (or of a test upstream) may block: a
+/// regression makes the test fail with a timeout error instead of hanging. Generous, so
+/// it never fires on a busy machine for a test that works.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets [`IO_TIMEOUT`] on both directions of `conn` (a test must fail, not hang).
+pub fn with_timeouts(conn: TcpStream) -> TcpStream {
+    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+    conn
+}
+
+/// Connects to `addr` with [`IO_TIMEOUT`] on the connect, every read and every write.
+pub fn connect_timed(addr: SocketAddr) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, IO_TIMEOUT).map(with_timeouts)
+}
+
 /// A proxy running in this process.
 pub struct TestProxy {
     pub handle: Option<ProxyHandle>,
@@ -141,6 +158,10 @@ impl Upstream {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                // A test upstream that waits forever would hang its test. Twice the
+                // test's own timeout: a pooled connection may sit unread a while.
+                let _ = conn.set_read_timeout(Some(2 * IO_TIMEOUT));
+                let _ = conn.set_write_timeout(Some(2 * IO_TIMEOUT));
                 acc.fetch_add(1, Ordering::SeqCst);
                 open.fetch_add(1, Ordering::SeqCst);
                 // A second handle, so close_open() can shut it down; dropped (and the
@@ -204,6 +225,9 @@ impl Upstream {
 
 /// The echo server's per-connection loop.
 pub fn echo_conn(mut conn: TcpStream) {
+    if conn.read_timeout().ok().flatten().is_none() {
+        let _ = conn.set_read_timeout(Some(2 * IO_TIMEOUT));
+    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match conn.read(&mut buf) {
@@ -298,8 +322,12 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// Reads until EOF; returns the bytes, or the error that ended the stream.
+/// Reads until EOF; returns the bytes, or the error that ended the stream. A socket
+/// without a read timeout gets [`IO_TIMEOUT`].
 pub fn read_to_end(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
+    if conn.read_timeout()?.is_none() {
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    }
     let mut out = Vec::new();
     conn.read_to_end(&mut out)?;
     Ok(out)
