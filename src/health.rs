@@ -52,6 +52,9 @@ fn probe_all(shared: &Shared, timeout: Duration) {
     let mut changed = false;
     for (id, ok) in results.into_iter().enumerate() {
         let e = table.get(id);
+        e.last_probe_ms
+            .store(crate::metrics::monotonic_ms() + 1, Ordering::Relaxed);
+        e.last_probe_ok.store(ok, Ordering::Relaxed);
         if !ok {
             e.probes_failed.fetch_add(1, Ordering::Relaxed);
         }

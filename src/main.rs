@@ -25,6 +25,10 @@ struct Cli {
     /// Worker threads (`auto` or a number); overrides the config file.
     #[arg(long, global = true)]
     workers: Option<String>,
+    /// Address of the admin HTTP server; overrides `connection.monitoring.listen`
+    /// (port 0 picks a free port, logged at start).
+    #[arg(long, global = true)]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,17 +80,24 @@ fn main() -> ExitCode {
 
 /// Builds the config from `--config` and/or `--listen/--upstream/--workers`.
 fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
-    let config = Config::from_cli(
+    let mut config = Config::from_cli(
         cli.config.as_deref(),
         cli.listen.as_deref(),
         &cli.upstream,
         cli.workers.as_deref(),
     )?;
+    if let Some(addr) = cli.admin_listen {
+        config.connection.monitoring.listen = addr;
+    }
     Ok(config)
 }
 
 fn run(config: Config) -> Result<(), ProxyError> {
-    let handle = sssonector::start(config)?;
+    let mut handle = sssonector::start(config)?;
+    if let Err(e) = handle.start_admin() {
+        let _ = handle.shutdown();
+        return Err(e);
+    }
     let trigger = handle.shutdown_trigger();
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {

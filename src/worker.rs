@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 
+use crate::admin::AdminServer;
 use crate::admission::{Admission, Admit, Ticket};
 use crate::buffer::{BufferRegistry, Registration};
-use crate::config::{Balance, Config, SendMode};
+use crate::config::{Balance, Config, MonitoringConfig, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
-use crate::metrics::{EndpointSnapshot, PublishedCounters, StatsSnapshot, WorkerCounters};
+use crate::metrics::{PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms};
 use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
+use crate::view::ProxyView;
 
 /// Submission queue entries per worker ring.
 const RING_ENTRIES: u32 = 4096;
@@ -34,6 +36,10 @@ const WORKER_KEY: usize = crate::uring::MAX_KEYS - 1;
 /// State shared by the handle, the workers and the health prober.
 pub(crate) struct Shared {
     stop: AtomicBool,
+    /// A drain is under way (`/readyz` fails); set before `close_listeners`.
+    draining: AtomicBool,
+    /// Drain, second step: workers close their listeners and finish their sessions.
+    close_listeners: AtomicBool,
     wake_fds: Vec<OwnedFd>,
     pub admission: Admission,
     pub endpoints: EndpointTable,
@@ -42,6 +48,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn listeners_closing(&self) -> bool {
+        self.close_listeners.load(Ordering::Acquire)
     }
 
     /// Wakes worker `index` (it looks at its grants, the stop flag and endpoint health).
@@ -96,6 +110,7 @@ pub(crate) struct Worker {
     /// Directions parked on ENOBUFS, served first come first served as slots return.
     pub waiters: VecDeque<(usize, u32, usize)>,
     pub counters: WorkerCounters,
+    histograms: WorkerHistograms,
     pool: WarmPool,
     /// Queued clients of this worker, oldest first (for the queue timeout).
     queued: VecDeque<(usize, u32)>,
@@ -103,6 +118,8 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     wake_fd: RawFd,
     stopping: bool,
+    /// Draining: listeners are closed, the sessions left finish on their own.
+    listeners_closed: bool,
     cancelled_all: bool,
     started: Instant,
     now: Instant,
@@ -212,7 +229,7 @@ impl Worker {
             self.listeners[index].accept_armed = false;
         }
         if res < 0 {
-            if res != -libc::ECANCELED {
+            if res != -libc::ECANCELED && !self.listeners_closed {
                 let err = std::io::Error::from_raw_os_error(-res);
                 tracing::warn!(
                     listener = index,
@@ -225,16 +242,19 @@ impl Worker {
             sys::close(res, false);
             return;
         }
-        if !self.listeners[index].accept_armed {
+        if !self.listeners[index].accept_armed && !self.listeners_closed {
             self.arm_accept(index);
         }
         self.accept_client(index, res);
     }
 
     fn on_tick(&mut self) {
+        if self.listeners_closed && self.client_sessions() == 0 {
+            self.begin_stop();
+        }
         if !self.stopping {
             for i in 0..self.listeners.len() {
-                if !self.listeners[i].accept_armed {
+                if !self.listeners[i].accept_armed && !self.listeners_closed {
                     self.arm_accept(i);
                 }
             }
@@ -255,6 +275,9 @@ impl Worker {
         if self.shared.stopping() {
             self.begin_stop();
             return;
+        }
+        if self.shared.listeners_closing() {
+            self.close_listeners();
         }
         let mut grants = Vec::new();
         self.shared.admission.take_grants(self.index, &mut grants);
@@ -287,6 +310,28 @@ impl Worker {
         self.close_fds();
     }
 
+    /// Drain: stops accepting for good (a connect to the port is refused from now on)
+    /// and closes the idle pool; sessions in flight go on, and the worker stops when the
+    /// last one ends (`on_tick`).
+    fn close_listeners(&mut self) {
+        if self.listeners_closed {
+            return;
+        }
+        self.listeners_closed = true;
+        for l in &self.listeners {
+            // shutdown() takes a listening socket out of LISTEN at once (its pending
+            // accept completes with an error); close() would wait for the accept op.
+            sys::shutdown_listener(l.fd.as_raw_fd());
+        }
+        self.pool.drain_all(&mut self.fds);
+        self.close_fds();
+    }
+
+    /// Entries that have a client (pool dials have none).
+    fn client_sessions(&self) -> usize {
+        self.table.len().saturating_sub(self.pool.total_dialing())
+    }
+
     fn publish(&mut self) {
         let b = &self.ring.buffers;
         self.counters.buffer_slots_total = b.count() as u64;
@@ -294,9 +339,12 @@ impl Worker {
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
         self.counters.buffer_allocations = b.allocations();
         // Every pool dial is a table entry until it joins the pool.
-        self.counters.sessions_active =
-            self.table.len().saturating_sub(self.pool.total_dialing()) as u64;
+        self.counters.sessions_active = self.client_sessions() as u64;
         self.counters.pool_idle = self.pool.total_idle() as u64;
+        for ep in 0..self.shared.endpoints.len() {
+            self.published.publish_endpoint_idle(ep, self.pool.idle(ep));
+        }
+        self.published.publish_histograms(&self.histograms);
         self.published.publish(&self.counters);
     }
 
@@ -364,8 +412,9 @@ impl Worker {
         match self.table.get_mut(t.key, t.gen) {
             Some(s) if s.state == State::Queued => {
                 s.permit = true;
-                self.counters.queue_wait_ms +=
-                    self.now.saturating_duration_since(t.since).as_millis() as u64;
+                let waited = self.now.saturating_duration_since(t.since).as_millis() as u64;
+                self.counters.queue_wait_ms += waited;
+                self.histograms.queue_wait_ms.record(waited);
                 self.connect_client(t.key, t.gen);
             }
             // The client went away (or timed out) after the grant was made.
@@ -436,6 +485,7 @@ impl Worker {
         };
         s.upstream_fd = sock.into_raw_fd();
         s.endpoint = ep as u16;
+        s.last_active = self.now_ms;
         if s.state != State::PoolDial {
             s.state = State::Connecting;
         }
@@ -455,6 +505,7 @@ impl Worker {
         };
         s.state = State::Active;
         s.counted = true;
+        s.started_ms = self.now_ms as u32;
         let ep = s.endpoint as usize;
         let client_fd = s.client_fd;
         let listener = s.listener as usize;
@@ -530,6 +581,9 @@ impl Worker {
         let ep = s.endpoint as usize;
         let health = self.settings.health_enabled;
         if res >= 0 {
+            self.histograms
+                .connect_ms
+                .record(self.now_ms.saturating_sub(s.last_active));
             if health {
                 self.shared.endpoints.observe(ep, true);
             }
@@ -548,6 +602,11 @@ impl Worker {
             tracing::debug!(upstream = %addr, "upstream: connect failed: {}", std::io::Error::from_raw_os_error(-res));
         }
         self.counters.upstream_connect_errors += 1;
+        self.shared
+            .endpoints
+            .get(ep)
+            .connect_errors
+            .fetch_add(1, Ordering::Relaxed);
         if health && self.shared.endpoints.observe(ep, false) == upstream::Transition::WentDown {
             tracing::warn!(upstream = %addr, "upstream: dials keep failing, endpoint marked down");
             self.shared.wake_all();
@@ -677,7 +736,12 @@ impl Worker {
             self.serve_waiters();
         }
         let ep = s.endpoint as usize;
+        if s.client_fd >= 0 {
+            self.counters.sessions_closed += 1;
+        }
         if s.counted {
+            let lived = (self.now_ms as u32).wrapping_sub(s.started_ms);
+            self.histograms.session_ms.record(u64::from(lived));
             self.shared
                 .endpoints
                 .get(ep)
@@ -761,7 +825,7 @@ impl Worker {
 
     /// Dials healthy endpoints up to their pool targets.
     fn refill(&mut self) {
-        if !self.settings.pool_enabled || self.stopping {
+        if !self.settings.pool_enabled || self.stopping || self.listeners_closed {
             return;
         }
         for ep in 0..self.shared.endpoints.len() {
@@ -807,35 +871,35 @@ pub struct ProxyHandle {
     threads: Vec<JoinHandle<Result<(), ProxyError>>>,
     prober: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
-    published: Vec<Arc<PublishedCounters>>,
-    listen_addrs: Vec<(String, SocketAddr)>,
+    view: ProxyView,
+    admin: Option<AdminServer>,
+    monitoring: MonitoringConfig,
 }
 
 impl ProxyHandle {
     /// The bound address of each listener, in config order (useful when the config says port 0).
     pub fn listen_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listen_addrs.clone()
+        self.view.listeners.clone()
     }
 
     /// The counters as last published by the workers (every 100 ms), with the admission
     /// and endpoint state as of now.
     pub fn stats(&self) -> StatsSnapshot {
-        let mut s = StatsSnapshot::collect(&self.published);
-        s.admitted = self.shared.admission.active() as u64;
-        s.queued = self.shared.admission.queued() as u64;
-        let t = &self.shared.endpoints;
-        s.endpoints = (0..t.len())
-            .map(|id| {
-                let e = t.get(id);
-                EndpointSnapshot {
-                    addr: e.addr,
-                    up: t.is_up(id),
-                    active: e.active.load(Ordering::Relaxed) as u64,
-                    probes_failed: e.probes_failed.load(Ordering::Relaxed),
-                }
-            })
-            .collect();
-        s
+        self.view.stats()
+    }
+
+    /// A read-only view for the control plane.
+    pub fn view(&self) -> ProxyView {
+        self.view.clone()
+    }
+
+    /// Starts the admin HTTP server on `connection.monitoring.listen`; it stops with the
+    /// proxy. Returns its bound address.
+    pub fn start_admin(&mut self) -> Result<SocketAddr, ProxyError> {
+        let server = AdminServer::start(self.view.clone(), &self.monitoring)?;
+        let addr = server.local_addr();
+        self.admin = Some(server);
+        Ok(addr)
     }
 
     /// Asks every worker to stop and waits for them.
@@ -862,10 +926,13 @@ impl ProxyHandle {
                 }
             }
         }
-        // The workers are gone: the prober stops too.
+        // The workers are gone: the prober and the admin server stop too.
         self.shutdown_trigger().trigger();
         if let Some(p) = self.prober.take() {
             let _ = p.join();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
         }
         result
     }
@@ -885,6 +952,21 @@ pub struct ShutdownTrigger {
 }
 
 impl ShutdownTrigger {
+    /// Drain, first step: `/readyz` fails so that load balancers stop routing here;
+    /// everything else goes on.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Drain, second step: listeners close, idle pools close, sessions in flight finish;
+    /// each worker stops when its last session ends.
+    pub fn close_listeners(&self) {
+        self.begin_drain();
+        self.shared.close_listeners.store(true, Ordering::Release);
+        self.shared.wake_all();
+    }
+
+    /// Stops at once: every session is closed.
     pub fn trigger(&self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_all();
@@ -956,6 +1038,8 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     let wake_raw: Vec<RawFd> = wake_fds.iter().map(|f| f.as_raw_fd()).collect();
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        close_listeners: AtomicBool::new(false),
         wake_fds,
         admission: Admission::new(conn.pool.max_active, conn.pool.max_queued, workers),
         endpoints: EndpointTable::new(
@@ -981,7 +1065,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     let mut published = Vec::new();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Registration, ProxyError>>();
     for (index, socks) in sockets.into_iter().enumerate() {
-        let counters = Arc::new(PublishedCounters::default());
+        let counters = Arc::new(PublishedCounters::new(endpoint_addrs.len()));
         published.push(counters.clone());
         let listeners: Vec<WorkerListener> = socks
             .into_iter()
@@ -1042,11 +1126,13 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     settings,
                     waiters: VecDeque::new(),
                     counters: WorkerCounters::default(),
+                    histograms: WorkerHistograms::default(),
                     queued: VecDeque::new(),
                     published: counters,
                     shared,
                     wake_fd,
                     stopping: false,
+                    listeners_closed: false,
                     cancelled_all: false,
                     started: now,
                     now,
@@ -1061,12 +1147,23 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         threads.push(thread);
     }
     drop(ready_tx);
+    let endpoint_listener = listener_endpoints
+        .iter()
+        .enumerate()
+        .flat_map(|(l, eps)| eps.iter().map(move |_| l))
+        .collect();
     let mut handle = ProxyHandle {
         threads,
         prober: None,
         shared: shared.clone(),
-        published,
-        listen_addrs,
+        view: ProxyView {
+            shared: shared.clone(),
+            published,
+            listeners: listen_addrs,
+            endpoint_listener,
+        },
+        admin: None,
+        monitoring: conn.monitoring.clone(),
     };
     for _ in 0..workers {
         match ready_rx.recv() {

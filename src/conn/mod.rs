@@ -77,8 +77,11 @@ pub struct Session {
     pub tried: u64,
     /// Dial attempts after the first.
     pub retries: u32,
-    /// Worker clock (ms) of the last byte either way; for a queued client, when it queued.
+    /// Worker clock (ms) of the last byte either way; for a queued client, when it queued;
+    /// while dialing, when the dial started.
     pub last_active: u64,
+    /// Worker clock (ms, wrapping) when the session started relaying: its duration.
+    pub started_ms: u32,
     prev: u32,
     next: u32,
     in_list: bool,
@@ -144,6 +147,7 @@ impl ConnTable {
             tried: 0,
             retries: 0,
             last_active: now_ms,
+            started_ms: now_ms as u32,
             prev: NIL,
             next: NIL,
             in_list: false,

@@ -23,6 +23,11 @@ pub struct EndpointState {
     /// Sessions using this endpoint, across workers (for `least_active`).
     pub active: AtomicUsize,
     pub probes_failed: AtomicU64,
+    /// Dial attempts that failed, clients' and pool dials (not per packet: per dial).
+    pub connect_errors: AtomicU64,
+    /// [`crate::metrics::monotonic_ms`] of the last health probe plus one (0 = none yet).
+    pub last_probe_ms: AtomicU64,
+    pub last_probe_ok: AtomicBool,
 }
 
 /// Every endpoint of every listener, in worker order (the index is the endpoint id).
@@ -56,6 +61,9 @@ impl EndpointTable {
                     consecutive_fail: AtomicU32::new(0),
                     active: AtomicUsize::new(0),
                     probes_failed: AtomicU64::new(0),
+                    connect_errors: AtomicU64::new(0),
+                    last_probe_ms: AtomicU64::new(0),
+                    last_probe_ok: AtomicBool::new(false),
                 })
                 .collect(),
             rise: rise.max(1),

@@ -1,0 +1,69 @@
+//! [`ProxyView`]: what the control plane (admin server, exporter, signal handling) sees
+//! of a running proxy. It only reads what the workers publish and the shared tables;
+//! nothing it does can stall a worker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::metrics::{
+    monotonic_ms, EndpointSnapshot, ListenerSnapshot, PublishedCounters, StatsSnapshot,
+};
+use crate::worker::Shared;
+
+/// A cheap, cloneable, read-only view of a running proxy.
+#[derive(Clone)]
+pub struct ProxyView {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) published: Vec<Arc<PublishedCounters>>,
+    /// Name and bound address of each listener, in config order.
+    pub(crate) listeners: Vec<(String, SocketAddr)>,
+    /// Listener index of each endpoint id.
+    pub(crate) endpoint_listener: Vec<usize>,
+}
+
+impl ProxyView {
+    /// The counters as last published by the workers (every 100 ms), with the admission,
+    /// endpoint and drain state as of now.
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = StatsSnapshot::collect(&self.published);
+        let shared = &self.shared;
+        s.admitted = shared.admission.active() as u64;
+        s.queued = shared.admission.queued() as u64;
+        s.draining = shared.draining() || shared.stopping();
+        let now = monotonic_ms();
+        let t = &shared.endpoints;
+        s.endpoints = (0..t.len())
+            .map(|id| {
+                let e = t.get(id);
+                let probed = e.last_probe_ms.load(Ordering::Relaxed);
+                EndpointSnapshot {
+                    addr: e.addr,
+                    listener: self.endpoint_listener.get(id).copied().unwrap_or(0),
+                    up: t.is_up(id),
+                    active: e.active.load(Ordering::Relaxed) as u64,
+                    probes_failed: e.probes_failed.load(Ordering::Relaxed),
+                    idle: StatsSnapshot::endpoint_idle(&self.published, id),
+                    connect_errors: e.connect_errors.load(Ordering::Relaxed),
+                    last_probe: (probed > 0).then(|| {
+                        (
+                            now.saturating_sub(probed - 1),
+                            e.last_probe_ok.load(Ordering::Relaxed),
+                        )
+                    }),
+                }
+            })
+            .collect();
+        let bound = !shared.listeners_closing() && !shared.stopping();
+        s.listeners = self
+            .listeners
+            .iter()
+            .map(|(name, addr)| ListenerSnapshot {
+                name: name.clone(),
+                addr: *addr,
+                bound,
+            })
+            .collect();
+        s
+    }
+}
