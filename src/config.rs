@@ -43,6 +43,8 @@ pub struct Config {
     pub workers: Workers,
     #[serde(default)]
     pub connection: ConnectionConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
 }
 
 /// `workers: auto` or a positive number.
@@ -286,6 +288,29 @@ pub struct MonitoringConfig {
     pub metrics_interval: Duration,
     /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub listen: SocketAddr,
+}
+
+/// `shutdown`: the drain that SIGTERM and SIGINT start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long listeners keep accepting after the signal while `/readyz` fails, so that
+    /// load balancers stop routing here first.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
+    /// How long sessions in flight may take to finish once the listeners closed; what is
+    /// left then is closed.
+    #[serde(with = "duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_delay: Duration::from_secs(5),
+            grace_period: Duration::from_secs(20),
+        }
+    }
 }
 
 impl Default for MonitoringConfig {
@@ -851,7 +876,8 @@ impl Validator<'_> {
         m: &MonitoringConfig,
         listeners: &[ListenerConfig],
     ) -> Result<(), ConfigError> {
-        if !m.enabled || m.listen.port() == 0 {
+        // The admin server listens even with metrics off (health endpoints, status page).
+        if m.listen.port() == 0 {
             return Ok(());
         }
         if let Some(l) = listeners.iter().find(|l| overlaps(l.listen, m.listen)) {

@@ -18,6 +18,7 @@
 //! - [`telemetry`]: the Prometheus exposition: every metric described once, interval gauges.
 //! - [`view`]: the read-only view of a running proxy that the control plane uses.
 //! - [`admin`]: the admin HTTP server: `/metrics`, `/healthz`, `/readyz`, status page.
+//! - [`signals`]: SIGTERM/SIGINT drain.
 //! - [`logging`]: rate-limited logging of repeating errors.
 //! - [`loadgen`]: the load generator behind `sssonector demo` and the benchmarks.
 //! - [`demo`]: `sssonector demo`: the proxy on the embedded default config, in front of a
@@ -37,6 +38,7 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod relay;
+pub mod signals;
 pub mod telemetry;
 pub mod upstream;
 pub mod uring;

@@ -93,25 +93,16 @@ fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
 }
 
 fn run(config: Config) -> Result<(), ProxyError> {
+    let shutdown = config.shutdown.clone();
+    let signals = sssonector::signals::DrainSignals::install()?;
     let mut handle = sssonector::start(config)?;
-    if let Err(e) = handle.start_admin() {
+    let started = handle
+        .start_admin()
+        .and_then(|_| signals.spawn_drain(handle.shutdown_trigger(), handle.view(), shutdown));
+    if let Err(e) = started {
         let _ = handle.shutdown();
         return Err(e);
     }
-    let trigger = handle.shutdown_trigger();
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {
-            ProxyError::Internal {
-                what: "cannot install signal handlers".into(),
-                source,
-            }
-        })?;
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "shutting down");
-            trigger.trigger();
-        }
-    });
     handle.wait()
 }
 

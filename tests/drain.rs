@@ -1,0 +1,234 @@
+//! SIGTERM through the real binary: `/readyz` fails at once, listeners accept during
+//! `shutdown.drain_delay` and refuse after it, every transfer in flight completes
+//! byte-exact, and the process exits 0 within the grace period.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The proxy binary on a config file, with its stderr collected on a thread (so logging
+/// never blocks on a full pipe).
+struct Proxy {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Proxy {
+    fn start(yaml: &str, dir: &std::path::Path) -> Proxy {
+        let path = dir.join("sssonector.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sssonector"))
+            .arg("--config")
+            .arg(&path)
+            .env("SSSONECTOR_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sssonector");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proxy {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// The `addr=` of the first log line containing `marker`.
+    fn addr_from_log(&mut self, marker: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(addr) = self.log.iter().find(|l| l.contains(marker)).and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse().ok())
+            }) {
+                return addr;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!("no `{marker}` line in the log:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit; `None` past `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One transfer: `chunks` chunks of 16 KiB, paced, echoed back and checked byte-exact.
+fn paced_transfer(addr: SocketAddr, seed: u64, chunks: usize) -> std::thread::JoinHandle<usize> {
+    let conn = TcpStream::connect(addr).expect("connect");
+    std::thread::spawn(move || {
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut data = vec![0u8; chunks * 16 * 1024];
+        Pattern::new(seed).fill(&mut data);
+        let mut w = conn.try_clone().expect("clone");
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            for chunk in sent.chunks(16 * 1024) {
+                w.write_all(chunk).expect("write");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        });
+        let mut conn = conn;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).expect("read the echo");
+        writer.join().expect("writer");
+        assert!(
+            got == data,
+            "transfer {seed}: {} of {} bytes, or different",
+            got.len(),
+            data.len()
+        );
+        got.len()
+    })
+}
+
+#[test]
+fn sigterm_drains_transfers_in_flight_and_exits_0() {
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let grace = Duration::from_secs(20);
+    let mut proxy = Proxy::start(
+        &format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
+             workers: 2\n\
+             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
+             shutdown:\n  drain_delay: 1s\n  grace_period: {}s\n",
+            echo.addr,
+            grace.as_secs()
+        ),
+        dir.path(),
+    );
+    let addr = proxy.addr_from_log("listening listener=web");
+    let admin = proxy.addr_from_log("admin server listening");
+    assert_eq!(http_get(admin, "/readyz").expect("readyz").0, 200);
+
+    // 50 transfers of 64 chunks every 50 ms: about 3 s each, well past the delay.
+    let transfers: Vec<_> = (0..50).map(|i| paced_transfer(addr, i + 1, 64)).collect();
+    scrape_until(admin, "50 sessions", |s| {
+        sample(s, "sssonector_pool_active_connections", "") == Some(50.0)
+    });
+    proxy.signal("-TERM");
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_millis(800);
+    loop {
+        let (status, body) = http_get(admin, "/readyz").expect("readyz while draining");
+        if status == 503 {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {status} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Within the delay a new client is still served.
+    if signalled.elapsed() < Duration::from_millis(700) {
+        let late = paced_transfer(addr, 99, 2);
+        assert_eq!(late.join().expect("late transfer"), 2 * 16 * 1024);
+    }
+    // After it, nothing is accepted.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(signalled.elapsed()));
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(refused.is_err(), "a connect after the delay was accepted");
+
+    for (i, t) in transfers.into_iter().enumerate() {
+        let n = t.join().unwrap_or_else(|_| panic!("transfer {i} failed"));
+        assert_eq!(n, 64 * 16 * 1024);
+    }
+    let status = proxy.wait_exit(grace);
+    let log = proxy.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running after the grace period:\n{log}"));
+    assert!(status.success(), "exit {status:?}:\n{log}");
+    assert!(signalled.elapsed() < grace, "{:?}", signalled.elapsed());
+    assert!(log.contains("listeners closed"), "{log}");
+    assert!(
+        !log.contains("grace period"),
+        "no session had to be cut:\n{log}"
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proxy = Proxy::start(
+        &format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
+             workers: 1\n\
+             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
+             shutdown:\n  drain_delay: 30s\n  grace_period: 30s\n",
+            echo.addr
+        ),
+        dir.path(),
+    );
+    let addr = proxy.addr_from_log("listening listener=web");
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    proxy.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.signal("-TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    let log = proxy.log_text();
+    let status = status.unwrap_or_else(|| panic!("a second SIGTERM did not stop it:\n{log}"));
+    assert!(status.success(), "{status:?}\n{log}");
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(idle.read(&mut b), Ok(0) | Err(_)),
+        "the session was closed"
+    );
+}
