@@ -409,3 +409,15 @@ fn every_dashboard_query_names_an_exported_metric() {
     }
     proxy.stop();
 }
+
+#[test]
+fn every_metric_is_in_the_operations_reference() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    for name in sssonector::telemetry::metric_names() {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not in docs/operations.md"
+        );
+    }
+}
