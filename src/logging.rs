@@ -1,6 +1,71 @@
-//! Log helpers: rate limiting for errors that can repeat in a loop.
+//! Logging: the subscriber (`tracing` to stderr, text or JSON, filtered by
+//! `SSSONECTOR_LOG` or else `RUST_LOG`), and rate limiting for errors that can repeat in
+//! a loop.
 
 use std::time::{Duration, Instant};
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`text` or `json` expected, got `{s}`")),
+        }
+    }
+}
+
+/// The filter: `SSSONECTOR_LOG`, else `RUST_LOG`, else `info`. An invalid filter falls
+/// back to `info` with a warning (returned, to log once the subscriber is up).
+fn filter() -> (EnvFilter, Option<String>) {
+    for var in ["SSSONECTOR_LOG", "RUST_LOG"] {
+        match std::env::var(var) {
+            Ok(v) => match EnvFilter::try_new(&v) {
+                Ok(f) => return (f, None),
+                Err(e) => {
+                    return (
+                        EnvFilter::new("info"),
+                        Some(format!(
+                            "{var}={v:?} is not a valid filter ({e}); using `info`"
+                        )),
+                    )
+                }
+            },
+            Err(_) => continue,
+        }
+    }
+    (EnvFilter::new("info"), None)
+}
+
+/// Installs the global subscriber, writing to stderr.
+pub fn init(format: LogFormat) {
+    let (filter, problem) = filter();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+}
 
 /// Lets one line through per `period`, counting the ones held back meanwhile, so an
 /// error that repeats in a loop (a failed accept under EMFILE) logs one line with a count.

@@ -29,6 +29,9 @@ struct Cli {
     /// (port 0 picks a free port, logged at start).
     #[arg(long, global = true)]
     admin_listen: Option<std::net::SocketAddr>,
+    /// Log line format on stderr: `text` or `json` (one object per line, for collectors).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: sssonector::logging::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,14 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SSSONECTOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    sssonector::logging::init(cli.log_format);
 
     match cli.command {
         Some(Command::Demo { duration }) => report(sssonector::demo::run(duration)),

@@ -1,7 +1,7 @@
 //! One worker thread: one io_uring, its listener sockets, buffer registry, connection
 //! table and warm pool; and [`start`], which binds the listeners and spawns the workers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use crate::buffer::{BufferRegistry, Registration};
 use crate::config::{Balance, Config, MonitoringConfig, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
+use crate::logging::RateLimited;
 use crate::metrics::{PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms};
 use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
@@ -101,6 +102,21 @@ pub(crate) struct Settings {
     pub sweep_every: Duration,
 }
 
+/// Errors that can repeat in a loop are logged at most once per period, with a count.
+pub(crate) struct LogLimits {
+    pub accept: RateLimited,
+    pub peer_errors: RateLimited,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            accept: RateLimited::new(Duration::from_secs(10)),
+            peer_errors: RateLimited::new(Duration::from_secs(1)),
+        }
+    }
+}
+
 pub(crate) struct Worker {
     index: usize,
     pub ring: Ring,
@@ -111,6 +127,10 @@ pub(crate) struct Worker {
     pub waiters: VecDeque<(usize, u32, usize)>,
     pub counters: WorkerCounters,
     histograms: WorkerHistograms,
+    pub(crate) log_limits: LogLimits,
+    /// Client addresses by slab key, kept only while debug logging is on (a closed or
+    /// reset socket no longer has a peer address to ask for).
+    pub(crate) debug_peers: HashMap<usize, SocketAddr>,
     pool: WarmPool,
     /// Queued clients of this worker, oldest first (for the queue timeout).
     queued: VecDeque<(usize, u32)>,
@@ -230,11 +250,14 @@ impl Worker {
         }
         if res < 0 {
             if res != -libc::ECANCELED && !self.listeners_closed {
-                let err = std::io::Error::from_raw_os_error(-res);
-                tracing::warn!(
-                    listener = index,
-                    "client: accept failed: {err}; retrying on the next tick"
-                );
+                if let Some(held_back) = self.log_limits.accept.hit() {
+                    let err = std::io::Error::from_raw_os_error(-res);
+                    tracing::warn!(
+                        listener = index,
+                        held_back,
+                        "client: accept failed: {err}; retrying on the next tick"
+                    );
+                }
             }
             return;
         }
@@ -327,6 +350,10 @@ impl Worker {
         self.close_fds();
     }
 
+    pub(crate) fn shared_endpoint_addr(&self, ep: usize) -> SocketAddr {
+        self.shared.endpoints.get(ep).addr
+    }
+
     /// Entries that have a client (pool dials have none).
     fn client_sessions(&self) -> usize {
         self.table.len().saturating_sub(self.pool.total_dialing())
@@ -380,6 +407,11 @@ impl Worker {
             return;
         };
         self.counters.sessions_total += 1;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Ok(peer) = sys::peer_addr(client_fd) {
+                self.debug_peers.insert(key, peer);
+            }
+        }
         let ticket = Ticket {
             worker: self.index,
             key,
@@ -399,7 +431,8 @@ impl Worker {
             }
             Admit::Rejected => {
                 self.counters.queue_rejected += 1;
-                tracing::debug!("client: admission queue full; closing the new client");
+                let peer = self.debug_peers.remove(&key);
+                tracing::debug!(client = ?peer, "client: admission queue full; closing the new client");
                 self.table.remove(key);
                 sys::close(client_fd, false);
             }
@@ -738,6 +771,9 @@ impl Worker {
         let ep = s.endpoint as usize;
         if s.client_fd >= 0 {
             self.counters.sessions_closed += 1;
+            if let Some(client) = self.debug_peers.remove(&key) {
+                self.log_close(client, &s);
+            }
         }
         if s.counted {
             let lived = (self.now_ms as u32).wrapping_sub(s.started_ms);
@@ -757,6 +793,19 @@ impl Worker {
         sys::close(s.client_fd, s.reset);
         sys::close(s.upstream_fd, s.reset);
         self.wake_granted();
+    }
+
+    /// The one debug line per session close.
+    fn log_close(&self, client: SocketAddr, s: &crate::conn::Session) {
+        // A session that never relayed (queue timeout, failed dials) has no upstream.
+        let (upstream, lived_ms) = if s.counted {
+            let addr = self.shared.endpoints.get(s.endpoint as usize).addr;
+            let lived = (self.now_ms as u32).wrapping_sub(s.started_ms);
+            (addr.to_string(), lived)
+        } else {
+            ("none".to_string(), 0)
+        };
+        tracing::debug!(%client, %upstream, lived_ms, reset = s.reset, "session closed");
     }
 
     /// Closes the idle connections of endpoints that went down since the last look.
@@ -1127,6 +1176,8 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     waiters: VecDeque::new(),
                     counters: WorkerCounters::default(),
                     histograms: WorkerHistograms::default(),
+                    log_limits: LogLimits::default(),
+                    debug_peers: HashMap::new(),
                     queued: VecDeque::new(),
                     published: counters,
                     shared,

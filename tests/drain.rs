@@ -22,12 +22,18 @@ struct Proxy {
 
 impl Proxy {
     fn start(yaml: &str, dir: &std::path::Path) -> Proxy {
+        Proxy::start_with(yaml, dir, &[], "info")
+    }
+
+    fn start_with(yaml: &str, dir: &std::path::Path, args: &[&str], filter: &str) -> Proxy {
         let path = dir.join("sssonector.yaml");
         std::fs::write(&path, yaml).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sssonector"))
             .arg("--config")
             .arg(&path)
-            .env("SSSONECTOR_LOG", "info")
+            .args(args)
+            .env_remove("SSSONECTOR_LOG")
+            .env("RUST_LOG", filter)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sssonector");
@@ -231,4 +237,59 @@ fn a_second_sigterm_stops_at_once() {
         matches!(idle.read(&mut b), Ok(0) | Err(_)),
         "the session was closed"
     );
+}
+
+#[test]
+fn json_logs_with_one_debug_line_per_session_close() {
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proxy = Proxy::start_with(
+        &format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
+             workers: 1\n\
+             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
+             shutdown:\n  drain_delay: 0s\n  grace_period: 5s\n",
+            echo.addr
+        ),
+        dir.path(),
+        &["--log-format", "json"],
+        "sssonector=debug",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr: SocketAddr = loop {
+        let line = proxy
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a listening line");
+        proxy.log.push(line.clone());
+        let v: serde_json::Value = serde_json::from_str(&line).expect("each line is JSON");
+        if v["fields"]["message"] == "listening" {
+            break v["fields"]["addr"]
+                .as_str()
+                .expect("addr")
+                .parse()
+                .expect("addr parses");
+        }
+    };
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(b"hello").expect("write");
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).expect("echo");
+    let client = c.local_addr().expect("local addr").to_string();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.signal("-TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    let log = proxy.log_text();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    let closes: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+        .filter(|v| v["fields"]["message"] == "session closed")
+        .collect();
+    assert_eq!(closes.len(), 1, "{log}");
+    assert_eq!(closes[0]["level"], "DEBUG");
+    assert_eq!(closes[0]["fields"]["client"], client.as_str(), "{log}");
 }
