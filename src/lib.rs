@@ -18,7 +18,8 @@
 //! - [`telemetry`]: the Prometheus exposition: every metric described once, interval gauges.
 //! - [`view`]: the read-only view of a running proxy that the control plane uses.
 //! - [`admin`]: the admin HTTP server: `/metrics`, `/healthz`, `/readyz`, status page.
-//! - [`signals`]: SIGTERM/SIGINT drain.
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
+//! - [`reload`]: applying a new configuration to the running proxy.
 //! - [`logging`]: rate-limited logging of repeating errors.
 //! - [`loadgen`]: the load generator behind `sssonector demo` and the benchmarks.
 //! - [`demo`]: `sssonector demo`: the proxy on the embedded default config, in front of a
@@ -38,6 +39,7 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod relay;
+pub mod reload;
 pub mod signals;
 pub mod telemetry;
 pub mod upstream;

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             Err(e) => report(Err(e)),
         },
         None => match load_config(&cli) {
-            Ok(config) => report(run(config)),
+            Ok(config) => report(run(config, cli)),
             Err(e) => report(Err(e)),
         },
     }
@@ -88,13 +88,18 @@ fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
     Ok(config)
 }
 
-fn run(config: Config) -> Result<(), ProxyError> {
-    let shutdown = config.shutdown.clone();
-    let signals = sssonector::signals::DrainSignals::install()?;
+fn run(config: Config, cli: Cli) -> Result<(), ProxyError> {
+    let signals = sssonector::signals::ProcessSignals::install()?;
     let mut handle = sssonector::start(config)?;
-    let started = handle
-        .start_admin()
-        .and_then(|_| signals.spawn_drain(handle.shutdown_trigger(), handle.view(), shutdown));
+    let started = handle.start_admin().and_then(|_| {
+        // A reload reads the file and flags again, exactly as at start (and as `check`).
+        signals.spawn(
+            handle.shutdown_trigger(),
+            handle.view(),
+            handle.reloader(),
+            Box::new(move || load_config(&cli)),
+        )
+    });
     if let Err(e) = started {
         let _ = handle.shutdown();
         return Err(e);

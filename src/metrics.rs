@@ -264,6 +264,8 @@ pub struct EndpointSnapshot {
     pub addr: SocketAddr,
     /// Index of its listener in [`StatsSnapshot::listeners`].
     pub listener: usize,
+    /// A reload removed it; shown while sessions or idle connections remain on it.
+    pub retired: bool,
     pub up: bool,
     /// Sessions using it now, across workers.
     pub active: u64,

@@ -1,4 +1,5 @@
-//! Process signals: SIGTERM and SIGINT start a graceful drain, a second one stops at once.
+//! Process signals: SIGTERM and SIGINT start a graceful drain, a second one stops at
+//! once; SIGHUP reloads the configuration file ([`crate::reload`]).
 //!
 //! The drain, on its own control thread:
 //! 1. at once: `/readyz` fails (load balancers and kube-proxy stop routing here);
@@ -11,14 +12,20 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::ShutdownConfig;
+use std::sync::Arc;
+
+use crate::config::{Config, ShutdownConfig};
 use crate::error::ProxyError;
+use crate::reload::Reloader;
 use crate::view::ProxyView;
 use crate::worker::ShutdownTrigger;
 
-/// SIGINT/SIGTERM handlers, installed before the proxy starts so that a signal that
-/// arrives during startup is kept and acted on, not fatal.
-pub struct DrainSignals {
+/// Loads the configuration again, exactly as at start (file and flags).
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ProxyError> + Send>;
+
+/// SIGINT/SIGTERM/SIGHUP handlers, installed before the proxy starts so that a signal
+/// that arrives during startup is kept and acted on, not fatal.
+pub struct ProcessSignals {
     signals: signal_hook::iterator::Signals,
 }
 
@@ -27,27 +34,38 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProxyError {
     move |source| ProxyError::Internal { what, source }
 }
 
-impl DrainSignals {
-    pub fn install() -> Result<DrainSignals, ProxyError> {
-        let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
-            .map_err(internal("cannot install signal handlers"))?;
-        Ok(DrainSignals { signals })
+impl ProcessSignals {
+    pub fn install() -> Result<ProcessSignals, ProxyError> {
+        let signals =
+            signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+                .map_err(internal("cannot install signal handlers"))?;
+        Ok(ProcessSignals { signals })
     }
 
-    /// Starts the threads that wait for the signals and run the drain.
-    pub fn spawn_drain(
+    /// Starts the thread that waits for signals (and runs reloads) and the one that runs
+    /// the drain.
+    pub fn spawn(
         self,
         trigger: ShutdownTrigger,
         view: ProxyView,
-        cfg: ShutdownConfig,
+        reloader: Arc<Reloader>,
+        load: ConfigLoader,
     ) -> Result<JoinHandle<()>, ProxyError> {
         let mut signals = self.signals;
         let (tx, rx) = mpsc::channel();
+        let for_drain = reloader.clone();
+        let drain_view = view.clone();
         std::thread::Builder::new()
             .name("sssonector-signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
-                    if tx.send(sig).is_err() {
+                    if sig == libc::SIGHUP {
+                        if view.stats().draining {
+                            tracing::warn!("SIGHUP while draining: not reloading");
+                        } else {
+                            reload(&reloader, &load);
+                        }
+                    } else if tx.send(sig).is_err() {
                         break;
                     }
                 }
@@ -57,10 +75,32 @@ impl DrainSignals {
             .name("sssonector-drain".into())
             .spawn(move || {
                 if let Ok(sig) = rx.recv() {
-                    drain(sig, &rx, &trigger, &view, &cfg);
+                    let cfg = for_drain.shutdown_config();
+                    drain(sig, &rx, &trigger, &drain_view, &cfg);
                 }
             })
             .map_err(internal("cannot spawn the drain thread"))
+    }
+}
+
+/// Loads the file again and applies it; any error leaves the running configuration.
+fn reload(reloader: &Reloader, load: &ConfigLoader) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let config = match load() {
+        Ok(c) => c,
+        Err(e) => {
+            // The same text `sssonector check` prints for this file.
+            tracing::error!("reload rejected, the running configuration is unchanged: {e}");
+            return;
+        }
+    };
+    match reloader.reload(config) {
+        Ok(outcome) => tracing::info!(
+            added = ?outcome.added,
+            retired = ?outcome.retired,
+            "configuration reloaded"
+        ),
+        Err(e) => tracing::error!("{e}"),
     }
 }
 

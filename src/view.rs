@@ -18,8 +18,6 @@ pub struct ProxyView {
     pub(crate) published: Vec<Arc<PublishedCounters>>,
     /// Name and bound address of each listener, in config order.
     pub(crate) listeners: Vec<(String, SocketAddr)>,
-    /// Listener index of each endpoint id.
-    pub(crate) endpoint_listener: Vec<usize>,
 }
 
 impl ProxyView {
@@ -39,7 +37,8 @@ impl ProxyView {
                 let probed = e.last_probe_ms.load(Ordering::Relaxed);
                 EndpointSnapshot {
                     addr: e.addr,
-                    listener: self.endpoint_listener.get(id).copied().unwrap_or(0),
+                    listener: e.listener,
+                    retired: t.is_retired(id),
                     up: t.is_up(id),
                     active: e.active.load(Ordering::Relaxed) as u64,
                     probes_failed: e.probes_failed.load(Ordering::Relaxed),
@@ -53,6 +52,8 @@ impl ProxyView {
                     }),
                 }
             })
+            // A retired endpoint is shown while sessions or idle connections remain.
+            .filter(|e: &EndpointSnapshot| !e.retired || e.active > 0 || e.idle > 0)
             .collect();
         let bound = !shared.listeners_closing() && !shared.stopping();
         s.listeners = self

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,12 @@ use io_uring::cqueue;
 use crate::admin::AdminServer;
 use crate::admission::{Admission, Admit, Ticket};
 use crate::buffer::{BufferRegistry, Registration};
-use crate::config::{Balance, Config, MonitoringConfig, SendMode};
+use crate::config::{Balance, Config, HealthCheckConfig, MonitoringConfig, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
 use crate::logging::RateLimited;
 use crate::metrics::{PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms};
+use crate::reload::{LiveConfig, Reloader};
 use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
 use crate::view::ProxyView;
@@ -44,6 +45,12 @@ pub(crate) struct Shared {
     wake_fds: Vec<OwnedFd>,
     pub admission: Admission,
     pub endpoints: EndpointTable,
+    /// The settings workers apply, replaced by a reload; `live_generation` tells a worker
+    /// that it has not applied the latest yet.
+    pub live: Mutex<Arc<LiveConfig>>,
+    pub live_generation: AtomicU64,
+    /// Read by the prober on each round, replaced by a reload.
+    pub health_config: Mutex<HealthCheckConfig>,
 }
 
 impl Shared {
@@ -64,6 +71,13 @@ impl Shared {
         if let Some(fd) = self.wake_fds.get(index) {
             sys::eventfd_signal(fd.as_raw_fd());
         }
+    }
+
+    /// Hands workers new settings (a reload) and wakes them to apply them.
+    pub fn publish_live(&self, live: LiveConfig) {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        self.live_generation.fetch_add(1, Ordering::AcqRel);
+        self.wake_all();
     }
 
     pub fn wake_all(&self) {
@@ -118,7 +132,7 @@ impl Default for LogLimits {
 }
 
 pub(crate) struct Worker {
-    index: usize,
+    pub(crate) index: usize,
     pub ring: Ring,
     pub table: ConnTable,
     pub listeners: Vec<WorkerListener>,
@@ -131,24 +145,26 @@ pub(crate) struct Worker {
     /// Client addresses by slab key, kept only while debug logging is on (a closed or
     /// reset socket no longer has a peer address to ask for).
     pub(crate) debug_peers: HashMap<usize, SocketAddr>,
-    pool: WarmPool,
+    pub(crate) pool: WarmPool,
+    /// The [`Shared::live_generation`] this worker applied last.
+    pub(crate) live_generation: u64,
     /// Queued clients of this worker, oldest first (for the queue timeout).
     queued: VecDeque<(usize, u32)>,
     published: Arc<PublishedCounters>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     wake_fd: RawFd,
-    stopping: bool,
+    pub(crate) stopping: bool,
     /// Draining: listeners are closed, the sessions left finish on their own.
-    listeners_closed: bool,
+    pub(crate) listeners_closed: bool,
     cancelled_all: bool,
     started: Instant,
-    now: Instant,
+    pub(crate) now: Instant,
     /// Milliseconds since `started`, read once per completion batch.
     pub now_ms: u64,
-    next_sweep: Instant,
+    pub(crate) next_sweep: Instant,
     /// Scratch: workers to wake after an admission call, fds to close.
-    woken: Vec<usize>,
-    fds: Vec<RawFd>,
+    pub(crate) woken: Vec<usize>,
+    pub(crate) fds: Vec<RawFd>,
 }
 
 impl Worker {
@@ -302,6 +318,9 @@ impl Worker {
         if self.shared.listeners_closing() {
             self.close_listeners();
         }
+        if self.shared.live_generation.load(Ordering::Acquire) != self.live_generation {
+            self.apply_live_config();
+        }
         let mut grants = Vec::new();
         self.shared.admission.take_grants(self.index, &mut grants);
         for t in grants {
@@ -368,20 +387,20 @@ impl Worker {
         // Every pool dial is a table entry until it joins the pool.
         self.counters.sessions_active = self.client_sessions() as u64;
         self.counters.pool_idle = self.pool.total_idle() as u64;
-        for ep in 0..self.shared.endpoints.len() {
+        for ep in 0..self.pool.endpoints() {
             self.published.publish_endpoint_idle(ep, self.pool.idle(ep));
         }
         self.published.publish_histograms(&self.histograms);
         self.published.publish(&self.counters);
     }
 
-    fn close_fds(&mut self) {
+    pub(crate) fn close_fds(&mut self) {
         for fd in self.fds.drain(..) {
             sys::close(fd, false);
         }
     }
 
-    fn wake_granted(&mut self) {
+    pub(crate) fn wake_granted(&mut self) {
         for w in std::mem::take(&mut self.woken) {
             if w == self.index {
                 let mut grants = Vec::new();
@@ -809,8 +828,8 @@ impl Worker {
     }
 
     /// Closes the idle connections of endpoints that went down since the last look.
-    fn flush_down_endpoints(&mut self) {
-        for ep in 0..self.shared.endpoints.len() {
+    pub(crate) fn flush_down_endpoints(&mut self) {
+        for ep in 0..self.pool.endpoints() {
             let epoch = self.shared.endpoints.down_epoch(ep);
             let before = self.fds.len();
             if self.pool.flush_if_went_down(ep, epoch, &mut self.fds) {
@@ -825,7 +844,7 @@ impl Worker {
     fn sweep(&mut self) {
         let now = self.now;
         self.pool.rotate(now);
-        for ep in 0..self.shared.endpoints.len() {
+        for ep in 0..self.pool.endpoints() {
             let before = self.fds.len();
             self.pool
                 .expire(ep, now, self.settings.idle_timeout, &mut self.fds);
@@ -873,11 +892,11 @@ impl Worker {
     }
 
     /// Dials healthy endpoints up to their pool targets.
-    fn refill(&mut self) {
+    pub(crate) fn refill(&mut self) {
         if !self.settings.pool_enabled || self.stopping || self.listeners_closed {
             return;
         }
-        for ep in 0..self.shared.endpoints.len() {
+        for ep in 0..self.pool.endpoints() {
             if !self.shared.endpoints.is_up(ep) {
                 continue;
             }
@@ -923,6 +942,7 @@ pub struct ProxyHandle {
     view: ProxyView,
     admin: Option<AdminServer>,
     monitoring: MonitoringConfig,
+    reloader: Arc<Reloader>,
 }
 
 impl ProxyHandle {
@@ -935,6 +955,11 @@ impl ProxyHandle {
     /// and endpoint state as of now.
     pub fn stats(&self) -> StatsSnapshot {
         self.view.stats()
+    }
+
+    /// Applies a new configuration to the running proxy (SIGHUP).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// A read-only view for the control plane.
@@ -1022,6 +1047,24 @@ impl ShutdownTrigger {
     }
 }
 
+impl Settings {
+    pub(crate) fn from_config(config: &Config) -> Settings {
+        let conn = &config.connection;
+        Settings {
+            max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
+            send_mode: conn.buffer.send_mode,
+            pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
+            idle_timeout: conn.pool.idle_timeout,
+            queue_timeout: conn.pool.queue_timeout,
+            max_retries: conn.pool.max_retries,
+            retry_interval: conn.pool.retry_interval,
+            balance: conn.pool.balance,
+            health_enabled: conn.health_check.enabled,
+            sweep_every: sweep_period(config),
+        }
+    }
+}
+
 /// How often the sweep runs: a tenth of the shortest timer it serves, between 100 ms and 1 s.
 fn sweep_period(config: &Config) -> Duration {
     let c = &config.connection;
@@ -1091,30 +1134,29 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         close_listeners: AtomicBool::new(false),
         wake_fds,
         admission: Admission::new(conn.pool.max_active, conn.pool.max_queued, workers),
-        endpoints: EndpointTable::new(
-            &endpoint_addrs,
+        endpoints: EndpointTable::per_listener(
+            &config
+                .listeners
+                .iter()
+                .map(|l| l.resolved.clone())
+                .collect::<Vec<_>>(),
             conn.health_check.rise,
             conn.health_check.fall,
         ),
+        live: Mutex::new(Arc::new(LiveConfig::new(
+            &config,
+            listener_endpoints.clone(),
+        ))),
+        live_generation: AtomicU64::new(0),
+        health_config: Mutex::new(conn.health_check.clone()),
     });
-    let settings = Settings {
-        max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
-        send_mode: conn.buffer.send_mode,
-        pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
-        idle_timeout: conn.pool.idle_timeout,
-        queue_timeout: conn.pool.queue_timeout,
-        max_retries: conn.pool.max_retries,
-        retry_interval: conn.pool.retry_interval,
-        balance: conn.pool.balance,
-        health_enabled: conn.health_check.enabled,
-        sweep_every: sweep_period(&config),
-    };
+    let settings = Settings::from_config(&config);
 
     let mut threads = Vec::new();
     let mut published = Vec::new();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Registration, ProxyError>>();
     for (index, socks) in sockets.into_iter().enumerate() {
-        let counters = Arc::new(PublishedCounters::new(endpoint_addrs.len()));
+        let counters = Arc::new(PublishedCounters::new(upstream::MAX_ENDPOINTS));
         published.push(counters.clone());
         let listeners: Vec<WorkerListener> = socks
             .into_iter()
@@ -1172,6 +1214,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     table: ConnTable::default(),
                     listeners,
                     pool: WarmPool::new(endpoint_addrs.len(), index, workers, pool_cfg.max_idle, pool_cfg.idle_timeout, now),
+                    live_generation: 0,
                     settings,
                     waiters: VecDeque::new(),
                     counters: WorkerCounters::default(),
@@ -1198,11 +1241,6 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         threads.push(thread);
     }
     drop(ready_tx);
-    let endpoint_listener = listener_endpoints
-        .iter()
-        .enumerate()
-        .flat_map(|(l, eps)| eps.iter().map(move |_| l))
-        .collect();
     let mut handle = ProxyHandle {
         threads,
         prober: None,
@@ -1211,10 +1249,10 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             shared: shared.clone(),
             published,
             listeners: listen_addrs,
-            endpoint_listener,
         },
         admin: None,
         monitoring: conn.monitoring.clone(),
+        reloader: Arc::new(Reloader::new(shared.clone(), config.clone())),
     };
     for _ in 0..workers {
         match ready_rx.recv() {
@@ -1226,11 +1264,9 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             Err(_) => break,
         }
     }
-    if conn.health_check.enabled {
-        handle.prober = Some(
-            crate::health::spawn(shared, conn.health_check.clone())
-                .map_err(internal("cannot spawn the health prober".into()))?,
-        );
-    }
+    // Always running: a reload may turn health checks on; it idles while they are off.
+    handle.prober = Some(
+        crate::health::spawn(shared).map_err(internal("cannot spawn the health prober".into()))?,
+    );
     Ok(handle)
 }

@@ -4,111 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// The proxy binary on a config file, with its stderr collected on a thread (so logging
-/// never blocks on a full pipe).
-struct Proxy {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Proxy {
-    fn start(yaml: &str, dir: &std::path::Path) -> Proxy {
-        Proxy::start_with(yaml, dir, &[], "info")
-    }
-
-    fn start_with(yaml: &str, dir: &std::path::Path, args: &[&str], filter: &str) -> Proxy {
-        let path = dir.join("sssonector.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sssonector"))
-            .arg("--config")
-            .arg(&path)
-            .args(args)
-            .env_remove("SSSONECTOR_LOG")
-            .env("RUST_LOG", filter)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sssonector");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proxy {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// The `addr=` of the first log line containing `marker`.
-    fn addr_from_log(&mut self, marker: &str) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(addr) = self.log.iter().find(|l| l.contains(marker)).and_then(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .and_then(|a| a.parse().ok())
-            }) {
-                return addr;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
-                Err(_) => panic!("no `{marker}` line in the log:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the exit; `None` past `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.log.push(line);
-        }
-        self.log.join("\n")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One transfer: `chunks` chunks of 16 KiB, paced, echoed back and checked byte-exact.
 fn paced_transfer(addr: SocketAddr, seed: u64, chunks: usize) -> std::thread::JoinHandle<usize> {
@@ -146,7 +46,7 @@ fn sigterm_drains_transfers_in_flight_and_exits_0() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
     let grace = Duration::from_secs(20);
-    let mut proxy = Proxy::start(
+    let mut proxy = BinaryProxy::start(
         &format!(
             "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
              workers: 2\n\
@@ -211,7 +111,7 @@ fn sigterm_drains_transfers_in_flight_and_exits_0() {
 fn a_second_sigterm_stops_at_once() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proxy = Proxy::start(
+    let mut proxy = BinaryProxy::start(
         &format!(
             "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
              workers: 1\n\
@@ -243,7 +143,7 @@ fn a_second_sigterm_stops_at_once() {
 fn json_logs_with_one_debug_line_per_session_close() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proxy = Proxy::start_with(
+    let mut proxy = BinaryProxy::start_with(
         &format!(
             "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
              workers: 1\n\

@@ -67,7 +67,7 @@ pub fn readyz(s: &StatsSnapshot) -> Response {
         if !l.bound {
             failing.push(format!("listener `{}` ({}) is not bound", l.name, l.addr));
         }
-        let mine = s.endpoints.iter().filter(|e| e.listener == i);
+        let mine = s.endpoints.iter().filter(|e| e.listener == i && !e.retired);
         if !mine.clone().any(|e| e.up) {
             let addrs: Vec<String> = mine.map(|e| e.addr.to_string()).collect();
             failing.push(format!(
@@ -100,6 +100,7 @@ mod tests {
             endpoints: vec![EndpointSnapshot {
                 addr,
                 listener: 0,
+                retired: false,
                 up: true,
                 active: 0,
                 probes_failed: 0,

@@ -75,7 +75,11 @@ pub fn render(s: &StatsSnapshot, metrics_interval: Duration) -> String {
             .get(e.listener)
             .map(|l| l.name.as_str())
             .unwrap_or("");
-        let (class, status) = if e.up { ("up", "UP") } else { ("down", "DOWN") };
+        let (class, status) = match (e.retired, e.up) {
+            (true, _) => ("warn", "RETIRED"),
+            (false, true) => ("up", "UP"),
+            (false, false) => ("down", "DOWN"),
+        };
         let last = match e.last_probe {
             Some((age_ms, ok)) => format!(
                 "{:.1} s ago, {}",

@@ -51,8 +51,7 @@ impl WarmPool {
         idle_timeout: Duration,
         now: Instant,
     ) -> WarmPool {
-        let workers = workers.max(1);
-        let share = max_idle / workers + usize::from(worker < max_idle % workers);
+        let share = WarmPool::share_of(max_idle, worker, workers);
         WarmPool {
             pools: (0..endpoints)
                 .map(|_| EndpointPool {
@@ -64,6 +63,29 @@ impl WarmPool {
             window_start: now,
             warm_until: now + idle_timeout,
         }
+    }
+
+    /// Worker `worker`'s part of `max_idle` among `workers`.
+    pub fn share_of(max_idle: usize, worker: usize, workers: usize) -> usize {
+        let workers = workers.max(1);
+        max_idle / workers + usize::from(worker < max_idle % workers)
+    }
+
+    /// Endpoints this pool knows (ids `0..endpoints()`).
+    pub fn endpoints(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// A reload: room for `endpoints` ids (the table only grows), each endpoint's share,
+    /// the demand window. Idle connections stay.
+    pub fn reconfigure(&mut self, endpoints: usize, share: usize, idle_timeout: Duration) {
+        if self.pools.len() < endpoints {
+            self.pools.resize_with(endpoints, EndpointPool::default);
+        }
+        for p in &mut self.pools {
+            p.share = share;
+        }
+        self.window = idle_timeout;
     }
 
     /// The oldest idle connection of `endpoint`, for a client.

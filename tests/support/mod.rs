@@ -2,6 +2,10 @@
 //! on 127.0.0.1:0.
 #![allow(dead_code)]
 
+mod process;
+#[allow(unused_imports)]
+pub use process::BinaryProxy;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

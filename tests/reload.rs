@@ -1,0 +1,184 @@
+//! SIGHUP through the real binary: a changed upstream list under load keeps the sessions
+//! in flight byte-exact, sends new sessions to the new endpoint and drains the old pool;
+//! an invalid file or a change that needs a restart leaves the old config running.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+fn config(upstream: SocketAddr, listen: &str) -> String {
+    format!(
+        "listeners:\n  - name: web\n    listen: {listen}\n    upstreams: [{upstream}]\n\
+         workers: 2\n\
+         connection:\n  pool:\n    max_idle: 4\n\
+         \x20 health_check:\n    interval: 200ms\n    timeout: 100ms\n\
+         \x20 monitoring:\n    metrics_interval: 1s\n    listen: 127.0.0.1:0\n\
+         shutdown:\n  drain_delay: 0s\n  grace_period: 5s\n"
+    )
+}
+
+/// `chunks` chunks of 16 KiB every 50 ms through `addr`, echoed and checked byte-exact.
+fn paced_transfer(addr: SocketAddr, seed: u64, chunks: usize) -> std::thread::JoinHandle<()> {
+    let conn = TcpStream::connect(addr).expect("connect");
+    std::thread::spawn(move || {
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut data = vec![0u8; chunks * 16 * 1024];
+        Pattern::new(seed).fill(&mut data);
+        let mut w = conn.try_clone().expect("clone");
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            for chunk in sent.chunks(16 * 1024) {
+                w.write_all(chunk).expect("write");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        });
+        let mut conn = conn;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).expect("read the echo");
+        writer.join().expect("writer");
+        assert!(
+            got == data,
+            "transfer {seed}: {} of {} bytes, or different",
+            got.len(),
+            data.len()
+        );
+    })
+}
+
+fn echo_once(addr: SocketAddr) -> TcpStream {
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(b"ping").expect("write");
+    let mut b = [0u8; 4];
+    c.read_exact(&mut b).expect("echo");
+    assert_eq!(&b, b"ping");
+    c
+}
+
+fn endpoint(addr: SocketAddr) -> String {
+    format!("endpoint=\"{addr}\"")
+}
+
+#[test]
+fn sighup_switches_upstreams_under_load_and_keeps_the_old_config_on_errors() {
+    let old = Upstream::echo();
+    let new = Upstream::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sssonector.yaml");
+    let mut proxy = BinaryProxy::start(&config(old.addr, "127.0.0.1:0"), dir.path());
+    let addr = proxy.addr_from_log("listening listener=web");
+    let admin = proxy.addr_from_log("admin server listening");
+    scrape_until(admin, "the old endpoint's pool warm", |s| {
+        sample(
+            s,
+            "sssonector_endpoint_idle_connections",
+            &endpoint(old.addr),
+        ) == Some(4.0)
+    });
+
+    // Ten transfers of about 3 s each through the old endpoint.
+    let transfers: Vec<_> = (0..10).map(|i| paced_transfer(addr, i + 1, 64)).collect();
+    scrape_until(admin, "10 sessions on the old endpoint", |s| {
+        sample(
+            s,
+            "sssonector_endpoint_active_sessions",
+            &endpoint(old.addr),
+        ) == Some(10.0)
+    });
+
+    std::fs::write(&path, config(new.addr, "127.0.0.1:0")).expect("rewrite config");
+    proxy.signal("-HUP");
+    let line = proxy.wait_for_line("configuration reloaded", 1);
+    assert!(line.contains(&new.addr.to_string()), "{line}");
+
+    // New sessions go to the new endpoint (its pool warms at once).
+    let fresh: Vec<TcpStream> = (0..5).map(|_| echo_once(addr)).collect();
+    let s = scrape_until(
+        admin,
+        "5 sessions on the new endpoint, the old pool empty",
+        |s| {
+            sample(
+                s,
+                "sssonector_endpoint_active_sessions",
+                &endpoint(new.addr),
+            ) == Some(5.0)
+                && sample(
+                    s,
+                    "sssonector_endpoint_idle_connections",
+                    &endpoint(old.addr),
+                )
+                .unwrap_or(0.0)
+                    == 0.0
+        },
+    );
+    assert!(
+        sample(
+            &s,
+            "sssonector_endpoint_idle_connections",
+            &endpoint(new.addr)
+        )
+        .is_some(),
+        "the new endpoint is exported"
+    );
+    // From now on (dials and probes begun before the reload have landed) nothing new
+    // reaches the old endpoint: no session, no pool dial, no health probe.
+    std::thread::sleep(Duration::from_millis(300));
+    let accepted_by_old = old.accepted();
+    // The old endpoint's pool drained: what it still has open are the transfers.
+    eventually("the old endpoint keeps only the sessions in flight", || {
+        old.open() <= 10
+    });
+    for t in transfers {
+        t.join()
+            .expect("a transfer through the old endpoint failed");
+    }
+    assert_eq!(
+        old.accepted(),
+        accepted_by_old,
+        "no new connection to the old endpoint"
+    );
+    eventually("the old endpoint's connections are gone", || {
+        old.open() == 0
+    });
+    drop(fresh);
+
+    // An invalid file: the error `check` prints is logged; the old config keeps running.
+    std::fs::write(
+        &path,
+        config(new.addr, "127.0.0.1:0").replace("max_idle: 4", "max_idle: many"),
+    )
+    .expect("write invalid config");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_sssonector"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("sssonector check");
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    let check_err = check_err.trim().trim_start_matches("sssonector: ");
+    assert!(!check.status.success() && !check_err.is_empty());
+    proxy.signal("-HUP");
+    let line = proxy.wait_for_line("reload rejected", 1);
+    assert!(line.contains(check_err), "{line}\nvs check: {check_err}");
+    assert_eq!(http_get(admin, "/readyz").expect("readyz").0, 200);
+    drop(echo_once(addr));
+
+    // A listener address change needs a restart: refused, the old config keeps running.
+    std::fs::write(&path, config(new.addr, "127.0.0.1:1")).expect("write config");
+    proxy.signal("-HUP");
+    let line = proxy.wait_for_line("need a restart", 1);
+    assert!(line.contains("listeners[0].listen"), "{line}");
+    assert_eq!(http_get(admin, "/readyz").expect("readyz").0, 200);
+    drop(echo_once(addr));
+
+    proxy.signal("-TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    let log = proxy.log_text();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+}
