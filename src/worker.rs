@@ -673,12 +673,12 @@ impl Worker {
         // A client's dial: another healthy endpoint at once, the same one after
         // retry_interval, at most max_retries more attempts in all.
         s.tried |= 1u64 << (ep % 64);
-        if s.retries >= self.settings.max_retries {
+        if u32::from(s.retries) >= self.settings.max_retries.min(u32::from(u16::MAX)) {
             self.counters.connection_failures += 1;
             tracing::debug!(upstream = %addr, retries = s.retries, "upstream: giving up on the client after its retries");
             return self.begin_close(key, gen, false);
         }
-        s.retries += 1;
+        s.retries = s.retries.saturating_add(1);
         self.counters.connect_retries += 1;
         let (listener, tried) = (s.listener as usize, s.tried);
         let l = &mut self.listeners[listener];

@@ -64,7 +64,9 @@ pub struct Session {
     pub endpoint: u16,
     pub dirs: [Direction; 2],
     /// Submitted ops of this session whose last completion has not arrived.
-    pub ops: u32,
+    /// u16 (a session has a handful of ops at most): with `retries`, it makes room for
+    /// `started_ms` within 80 bytes.
+    pub ops: u16,
     /// Close with RST (SO_LINGER 0) rather than FIN: a peer reset or an error.
     pub reset: bool,
     /// Per direction: whether its destination is off this host (zero-copy may pay off).
@@ -76,7 +78,7 @@ pub struct Session {
     /// Endpoints (bit = id % 64) whose dial failed in this round of tries.
     pub tried: u64,
     /// Dial attempts after the first.
-    pub retries: u32,
+    pub retries: u16,
     /// Worker clock (ms) of the last byte either way; for a queued client, when it queued;
     /// while dialing, when the dial started.
     pub last_active: u64,
