@@ -301,3 +301,22 @@ fn the_status_page_renders_in_a_browser_with_the_numbers_the_test_caused() {
     drop(sessions);
     proxy.stop();
 }
+
+#[test]
+fn with_metrics_off_the_probes_and_the_status_page_stay_on() {
+    let up = Upstream::echo();
+    let mut proxy = start_proxy_with(
+        &[&[up.addr]],
+        1,
+        "  monitoring:\n    enabled: false\n    listen: 127.0.0.1:0\n",
+    );
+    let admin = proxy.start_admin();
+    let (status, body) = status_of(admin, "/metrics");
+    assert_eq!(status, 404);
+    assert!(body.contains("enabled: false"), "{body}");
+    assert_eq!(status_of(admin, "/healthz").0, 200);
+    assert_eq!(status_of(admin, "/readyz").0, 200);
+    assert_eq!(status_of(admin, "/").0, 200);
+    assert_eq!(status_of(admin, "/nope").0, 404);
+    proxy.stop();
+}

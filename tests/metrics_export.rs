@@ -421,3 +421,44 @@ fn every_metric_is_in_the_operations_reference() {
         );
     }
 }
+
+#[test]
+fn an_idle_session_closed_by_its_timeout_is_counted_as_a_timeout() {
+    let echo = Upstream::echo();
+    let mut proxy = start_proxy_with(
+        &[&[echo.addr]],
+        1,
+        "  pool:\n    idle_timeout: 1s\n\
+         \x20 monitoring:\n    metrics_interval: 1s\n    listen: 127.0.0.1:0\n",
+    );
+    let admin = proxy.start_admin();
+    let mut c = session(proxy.addr());
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(c.read(&mut b), Ok(0) | Err(_)),
+        "closed after 1 s idle"
+    );
+    // The timeout is counted when the sweep closes the session, the close when its
+    // last op completes: either may be published first.
+    let s = scrape_until(admin, "one timeout, one close", |s| {
+        sample(s, "sssonector_connection_timeouts_total", "") == Some(1.0)
+            && sample(s, "sssonector_sessions_closed_total", "") == Some(1.0)
+    });
+    assert_eq!(
+        sample(
+            &s,
+            "sssonector_timeouts_by_kind_total",
+            "kind=\"session_idle\""
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "sssonector_session_close_reasons_total",
+            "reason=\"idle_timeout\""
+        ),
+        Some(1.0)
+    );
+    proxy.stop();
+}
