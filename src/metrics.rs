@@ -187,6 +187,8 @@ pub struct PublishedCounters {
     /// [`monotonic_ms`] at the last publish: a worker whose loop stopped turning stops
     /// beating (`/healthz`).
     heartbeat_ms: AtomicU64,
+    /// The worker left its loop normally (a drain or stop): no heartbeat is expected.
+    finished: AtomicBool,
     /// Idle pooled connections of this worker, per endpoint id.
     endpoint_idle: Vec<AtomicU64>,
     /// Each histogram's bucket counts followed by its sum, in declaration order.
@@ -244,9 +246,17 @@ impl PublishedCounters {
         out
     }
 
-    /// Milliseconds since this worker last published.
-    pub fn heartbeat_age_ms(&self) -> u64 {
-        monotonic_ms().saturating_sub(self.heartbeat_ms.load(Relaxed))
+    /// Milliseconds since this worker last published; `None` once it has finished.
+    pub fn heartbeat_age_ms(&self) -> Option<u64> {
+        if self.finished.load(Relaxed) {
+            return None;
+        }
+        Some(monotonic_ms().saturating_sub(self.heartbeat_ms.load(Relaxed)))
+    }
+
+    /// The worker left its loop normally.
+    pub fn finish(&self) {
+        self.finished.store(true, Relaxed);
     }
 
     pub fn load(&self) -> WorkerCounters {
@@ -301,8 +311,9 @@ pub struct StatsSnapshot {
     pub endpoints: Vec<EndpointSnapshot>,
     pub listeners: Vec<ListenerSnapshot>,
     pub histograms: WorkerHistograms,
-    /// Per worker: milliseconds since it last published (it publishes every 100 ms).
-    pub heartbeat_age_ms: Vec<u64>,
+    /// Per worker: milliseconds since it last published (it publishes every 100 ms);
+    /// `None` for a worker that finished (drained or stopped).
+    pub heartbeat_age_ms: Vec<Option<u64>>,
     /// A drain has begun (SIGTERM): the proxy is finishing, not taking new work.
     pub draining: bool,
 }

@@ -296,7 +296,9 @@ pub fn render(s: &StatsSnapshot, w: &Window) -> String {
         Some(Unit::Seconds),
         "Seconds since the worker's loop last published (every 100 ms while it turns).",
     );
+    // A worker that finished (drained) has no heartbeat series.
     for (i, age) in s.heartbeat_age_ms.iter().enumerate() {
+        let Some(age) = age else { continue };
         let key = Key::from_parts(
             "sssonector_worker_heartbeat_age_seconds",
             vec![Label::new("worker", i.to_string())],

@@ -221,6 +221,7 @@ impl Worker {
             }
         }
         self.publish();
+        self.published.finish();
         Ok(())
     }
 

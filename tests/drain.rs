@@ -90,6 +90,9 @@ fn sigterm_drains_transfers_in_flight_and_exits_0() {
     std::thread::sleep(Duration::from_millis(1500).saturating_sub(signalled.elapsed()));
     let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
     assert!(refused.is_err(), "a connect after the delay was accepted");
+    // Liveness holds through the drain, for workers still relaying and finished ones.
+    let (status, body) = http_get(admin, "/healthz").expect("healthz while draining");
+    assert_eq!(status, 200, "{body}");
 
     for (i, t) in transfers.into_iter().enumerate() {
         let n = t.join().unwrap_or_else(|_| panic!("transfer {i} failed"));

@@ -37,20 +37,20 @@ fn metrics(state: &AdminState) -> Response {
     }
 }
 
-/// 200 while every worker's loop turns.
+/// 200 while every worker's loop turns. A worker that finished its drain is not stuck:
+/// failing liveness then would get the process killed with sessions still draining.
 pub fn healthz(s: &StatsSnapshot) -> Response {
     let stuck: Vec<String> = s
         .heartbeat_age_ms
         .iter()
         .enumerate()
-        .filter(|(_, age)| **age > HEARTBEAT_STALE_MS)
+        .filter_map(|(i, age)| age.map(|a| (i, a)))
+        .filter(|(_, age)| *age > HEARTBEAT_STALE_MS)
         .map(|(i, age)| format!("worker {i}: its loop has not turned for {age} ms\n"))
         .collect();
     if stuck.is_empty() {
-        Response::text(
-            200,
-            format!("ok: {} workers turning\n", s.heartbeat_age_ms.len()),
-        )
+        let turning = s.heartbeat_age_ms.iter().flatten().count();
+        Response::text(200, format!("ok: {turning} workers turning\n"))
     } else {
         Response::text(503, stuck.concat())
     }
@@ -108,7 +108,7 @@ mod tests {
                 connect_errors: 0,
                 last_probe: None,
             }],
-            heartbeat_age_ms: vec![100],
+            heartbeat_age_ms: vec![Some(100)],
             ..StatsSnapshot::default()
         }
     }
@@ -129,9 +129,11 @@ mod tests {
     fn healthz_fails_on_a_stuck_worker() {
         let mut s = snapshot();
         assert_eq!(healthz(&s).status, 200);
-        s.heartbeat_age_ms.push(HEARTBEAT_STALE_MS + 1);
+        s.heartbeat_age_ms.push(Some(HEARTBEAT_STALE_MS + 1));
         let r = healthz(&s);
         assert_eq!(r.status, 503);
         assert!(r.body.contains("worker 1"), "{}", r.body);
+        s.heartbeat_age_ms[1] = None;
+        assert_eq!(healthz(&s).status, 200, "a finished worker is not stuck");
     }
 }

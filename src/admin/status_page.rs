@@ -228,15 +228,16 @@ pub fn render(s: &StatsSnapshot, metrics_interval: Duration) -> String {
 
     h.push_str("<h2>Workers</h2><table id=\"workers\"><tr><th>worker</th><th>sessions</th><th>last loop turn</th></tr>");
     for (i, w) in s.per_worker.iter().enumerate() {
-        let age = s.heartbeat_age_ms.get(i).copied().unwrap_or(0);
-        let class = if age > super::routes::HEARTBEAT_STALE_MS {
-            "down"
-        } else {
-            "up"
+        let (class, turn) = match s.heartbeat_age_ms.get(i).copied().flatten() {
+            Some(age) if age > super::routes::HEARTBEAT_STALE_MS => {
+                ("down", format!("{age} ms ago"))
+            }
+            Some(age) => ("up", format!("{age} ms ago")),
+            None => ("warn", "finished".to_string()),
         };
         let _ = write!(
             h,
-            "<tr><td>{i}</td><td>{}</td><td class=\"{class}\">{age} ms ago</td></tr>",
+            "<tr><td>{i}</td><td>{}</td><td class=\"{class}\">{turn}</td></tr>",
             w.sessions_active
         );
     }
