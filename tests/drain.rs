@@ -196,3 +196,43 @@ fn json_logs_with_one_debug_line_per_session_close() {
     assert_eq!(closes[0]["level"], "DEBUG");
     assert_eq!(closes[0]["fields"]["client"], client.as_str(), "{log}");
 }
+
+#[test]
+fn sessions_left_after_the_grace_period_are_closed_and_the_exit_is_0() {
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proxy = BinaryProxy::start(
+        &format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
+             workers: 1\n\
+             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
+             shutdown:\n  drain_delay: 0s\n  grace_period: 1s\n",
+            echo.addr
+        ),
+        dir.path(),
+    );
+    let addr = proxy.addr_from_log("listening listener=web");
+    // A session that never ends on its own.
+    let mut held = TcpStream::connect(addr).expect("connect");
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    held.write_all(b"x").expect("write");
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).expect("echo");
+    proxy.signal("-TERM");
+    let signalled = Instant::now();
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    let log = proxy.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running:\n{log}"));
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(900),
+        "the session had its grace period: {:?}",
+        signalled.elapsed()
+    );
+    assert!(log.contains("grace period of 1s over"), "{log}");
+    assert!(
+        matches!(held.read(&mut b), Ok(0) | Err(_)),
+        "the session was closed"
+    );
+}

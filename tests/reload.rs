@@ -182,3 +182,52 @@ fn sighup_switches_upstreams_under_load_and_keeps_the_old_config_on_errors() {
     let log = proxy.log_text();
     assert!(status.is_some_and(|s| s.success()), "{log}");
 }
+
+#[test]
+fn a_reload_raises_max_active_and_the_waiting_client_is_served() {
+    let echo = Upstream::echo();
+    let conn = |max_active: usize| {
+        format!("  pool:\n    max_idle: 1\n    max_active: {max_active}\n    queue_timeout: 30s\n")
+    };
+    let proxy = start_proxy_with(&[&[echo.addr]], 1, &conn(1));
+    let mut first = echo_once(proxy.addr());
+    let mut second = TcpStream::connect(proxy.addr()).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    second.write_all(b"wait").expect("write");
+    proxy.wait_for("the second client queued", |s| s.queued == 1);
+
+    let handle = proxy.handle.as_ref().expect("running");
+    handle
+        .reloader()
+        .reload(test_config(&[&[echo.addr]], 1, &conn(2)))
+        .expect("reload applies");
+    let mut b = [0u8; 4];
+    second.read_exact(&mut b).expect("served after the reload");
+    assert_eq!(&b, b"wait");
+    // The session that held the only slot is untouched.
+    first.write_all(b"more").expect("write");
+    first.read_exact(&mut b).expect("echo");
+    assert_eq!(&b, b"more");
+    let s = proxy.stats();
+    assert_eq!((s.admitted, s.queued), (2, 0));
+    proxy.stop();
+}
+
+#[test]
+fn a_reload_that_changes_the_worker_count_is_refused_whole() {
+    let echo = Upstream::echo();
+    let other = Upstream::echo();
+    let proxy = start_proxy_with(&[&[echo.addr]], 1, "");
+    let handle = proxy.handle.as_ref().expect("running");
+    let err = handle
+        .reloader()
+        .reload(test_config(&[&[other.addr]], 2, ""))
+        .expect_err("refused");
+    assert!(err.to_string().contains("workers 1 -> 2"), "{err}");
+    // Nothing of it applied: the upstream did not change.
+    drop(echo_once(proxy.addr()));
+    assert_eq!(other.accepted(), 0);
+    proxy.stop();
+}

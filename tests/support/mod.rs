@@ -68,6 +68,17 @@ pub fn start_proxy_with(
     workers: usize,
     connection: &str,
 ) -> TestProxy {
+    let config = test_config(upstreams, workers, connection);
+    let handle = sssonector::start(config).expect("proxy starts");
+    let addrs = handle.listen_addrs().into_iter().map(|(_, a)| a).collect();
+    TestProxy {
+        handle: Some(handle),
+        addrs,
+    }
+}
+
+/// The config [`start_proxy_with`] runs (a reload test builds the next one the same way).
+pub fn test_config(upstreams: &[&[SocketAddr]], workers: usize, connection: &str) -> Config {
     let mut yaml = String::from("listeners:\n");
     for (i, ups) in upstreams.iter().enumerate() {
         let list: Vec<String> = ups.iter().map(|a| a.to_string()).collect();
@@ -81,13 +92,7 @@ pub fn start_proxy_with(
         yaml += "connection:\n";
         yaml += connection;
     }
-    let config = Config::parse(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
-    let handle = sssonector::start(config).expect("proxy starts");
-    let addrs = handle.listen_addrs().into_iter().map(|(_, a)| a).collect();
-    TestProxy {
-        handle: Some(handle),
-        addrs,
-    }
+    Config::parse(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"))
 }
 
 /// One worker, defaults otherwise, in front of `upstream`.
