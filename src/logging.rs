@@ -105,6 +105,23 @@ impl RateLimited {
     }
 }
 
+/// A worker's rate limits for errors that can repeat in a loop.
+pub(crate) struct LogLimits {
+    /// Failed accepts (EMFILE, ENFILE): one line per 10 s.
+    pub accept: RateLimited,
+    /// Errors on established sessions: one line per second.
+    pub peer_errors: RateLimited,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            accept: RateLimited::new(Duration::from_secs(10)),
+            peer_errors: RateLimited::new(Duration::from_secs(1)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use crate::buffer::{BufferRegistry, Registration};
 use crate::config::{Balance, Config, HealthCheckConfig, MonitoringConfig, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
-use crate::logging::RateLimited;
+use crate::logging::LogLimits;
 use crate::metrics::{PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms};
 use crate::reload::{LiveConfig, Reloader};
 use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
@@ -114,21 +114,6 @@ pub(crate) struct Settings {
     pub health_enabled: bool,
     /// How often the sweep walks the idle pool, the active list and the queue.
     pub sweep_every: Duration,
-}
-
-/// Errors that can repeat in a loop are logged at most once per period, with a count.
-pub(crate) struct LogLimits {
-    pub accept: RateLimited,
-    pub peer_errors: RateLimited,
-}
-
-impl Default for LogLimits {
-    fn default() -> Self {
-        LogLimits {
-            accept: RateLimited::new(Duration::from_secs(10)),
-            peer_errors: RateLimited::new(Duration::from_secs(1)),
-        }
-    }
 }
 
 pub(crate) struct Worker {
