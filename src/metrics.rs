@@ -179,6 +179,32 @@ histograms! {
     session_ms: DURATION_BOUNDS_MS,
 }
 
+/// What a worker counts per endpoint, as plain integers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointCounters {
+    /// Gauge: idle pooled connections.
+    pub idle: u64,
+    /// Sessions that started relaying to it.
+    pub sessions: u64,
+    /// Bytes received from clients for it (sent to it).
+    pub bytes_to: u64,
+    /// Bytes received from it (for its clients).
+    pub bytes_from: u64,
+}
+
+impl EndpointCounters {
+    fn to_array(self) -> [u64; 4] {
+        [self.idle, self.sessions, self.bytes_to, self.bytes_from]
+    }
+
+    fn add_array(&mut self, a: [u64; 4]) {
+        self.idle += a[0];
+        self.sessions += a[1];
+        self.bytes_to += a[2];
+        self.bytes_from += a[3];
+    }
+}
+
 /// The shared copy of one worker's counters, written only by that worker at publish time.
 #[derive(Debug, Default)]
 pub struct PublishedCounters {
@@ -189,8 +215,8 @@ pub struct PublishedCounters {
     heartbeat_ms: AtomicU64,
     /// The worker left its loop normally (a drain or stop): no heartbeat is expected.
     finished: AtomicBool,
-    /// Idle pooled connections of this worker, per endpoint id.
-    endpoint_idle: Vec<AtomicU64>,
+    /// [`EndpointCounters`] of this worker, per endpoint id.
+    endpoints: Vec<[AtomicU64; 4]>,
     /// Each histogram's bucket counts followed by its sum, in declaration order.
     histograms: Vec<AtomicU64>,
 }
@@ -204,7 +230,7 @@ impl PublishedCounters {
             .map(|h| h.counts.len() + 1)
             .sum();
         PublishedCounters {
-            endpoint_idle: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
+            endpoints: (0..endpoints).map(|_| Default::default()).collect(),
             histograms: (0..hist_len).map(|_| AtomicU64::new(0)).collect(),
             heartbeat_ms: AtomicU64::new(monotonic_ms()),
             ..PublishedCounters::default()
@@ -218,9 +244,11 @@ impl PublishedCounters {
         self.heartbeat_ms.store(monotonic_ms(), Relaxed);
     }
 
-    pub fn publish_endpoint_idle(&self, endpoint: usize, idle: usize) {
-        if let Some(slot) = self.endpoint_idle.get(endpoint) {
-            slot.store(idle as u64, Relaxed);
+    pub fn publish_endpoint(&self, endpoint: usize, c: &EndpointCounters) {
+        if let Some(slots) = self.endpoints.get(endpoint) {
+            for (slot, v) in slots.iter().zip(c.to_array()) {
+                slot.store(v, Relaxed);
+            }
         }
     }
 
@@ -282,6 +310,11 @@ pub struct EndpointSnapshot {
     pub probes_failed: u64,
     /// Idle pooled connections, across workers.
     pub idle: u64,
+    /// Sessions that started relaying to it, across workers.
+    pub sessions_total: u64,
+    /// Bytes sent to it (from its clients) and received from it (for them).
+    pub bytes_to: u64,
+    pub bytes_from: u64,
     /// Dial attempts that failed (clients' and pool dials), across workers.
     pub connect_errors: u64,
     /// The last health probe: how long ago (ms) and whether it passed.
@@ -339,13 +372,16 @@ impl StatsSnapshot {
         }
     }
 
-    /// Idle pooled connections of `endpoint`, summed over `workers`.
-    pub fn endpoint_idle(workers: &[std::sync::Arc<PublishedCounters>], endpoint: usize) -> u64 {
-        workers
-            .iter()
-            .filter_map(|w| w.endpoint_idle.get(endpoint))
-            .map(|v| v.load(Relaxed))
-            .sum()
+    /// The counters of `endpoint`, summed over `workers`.
+    pub fn endpoint_totals(
+        workers: &[std::sync::Arc<PublishedCounters>],
+        endpoint: usize,
+    ) -> EndpointCounters {
+        let mut total = EndpointCounters::default();
+        for slots in workers.iter().filter_map(|w| w.endpoints.get(endpoint)) {
+            total.add_array([0, 1, 2, 3].map(|i| slots[i].load(Relaxed)));
+        }
+        total
     }
 }
 
@@ -374,10 +410,18 @@ mod tests {
         h.session_ms.record(5000);
         p.publish_histograms(&h);
         assert_eq!(p.load_histograms(), h);
-        p.publish_endpoint_idle(1, 7);
+        let c = EndpointCounters {
+            idle: 7,
+            sessions: 3,
+            bytes_to: 10,
+            bytes_from: 20,
+        };
+        p.publish_endpoint(1, &c);
+        let w = [std::sync::Arc::new(p)];
+        assert_eq!(StatsSnapshot::endpoint_totals(&w, 1), c);
         assert_eq!(
-            StatsSnapshot::endpoint_idle(&[std::sync::Arc::new(p)], 1),
-            7
+            StatsSnapshot::endpoint_totals(&w, 5000),
+            EndpointCounters::default()
         );
     }
 }

@@ -59,10 +59,17 @@ impl Worker {
                 let now_ms = self.now_ms;
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending && d.queue.len() < cap;
+                let ep = self.endpoint_counters.get_mut(s.endpoint as usize);
                 if dir == CLIENT_TO_UPSTREAM {
                     self.counters.bytes_client_to_upstream += n as u64;
+                    if let Some(c) = ep {
+                        c.bytes_to += n as u64;
+                    }
                 } else {
                     self.counters.bytes_upstream_to_client += n as u64;
+                    if let Some(c) = ep {
+                        c.bytes_from += n as u64;
+                    }
                 }
                 self.table.touch(key, now_ms);
                 if gather {

@@ -221,6 +221,9 @@ impl Worker {
         }
         let share = WarmPool::share_of(live.max_idle, self.index, live.workers);
         self.pool.reconfigure(n, share, live.idle_timeout);
+        if self.endpoint_counters.len() < n {
+            self.endpoint_counters.resize(n, Default::default());
+        }
         self.ring
             .set_dial_timeouts(live.connect_timeout, live.retry_interval);
         self.settings = live.settings.clone();

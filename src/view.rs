@@ -35,6 +35,7 @@ impl ProxyView {
             .map(|id| {
                 let e = t.get(id);
                 let probed = e.last_probe_ms.load(Ordering::Relaxed);
+                let counted = StatsSnapshot::endpoint_totals(&self.published, id);
                 EndpointSnapshot {
                     addr: e.addr,
                     listener: e.listener,
@@ -42,7 +43,10 @@ impl ProxyView {
                     up: t.is_up(id),
                     active: e.active.load(Ordering::Relaxed) as u64,
                     probes_failed: e.probes_failed.load(Ordering::Relaxed),
-                    idle: StatsSnapshot::endpoint_idle(&self.published, id),
+                    idle: counted.idle,
+                    sessions_total: counted.sessions,
+                    bytes_to: counted.bytes_to,
+                    bytes_from: counted.bytes_from,
                     connect_errors: e.connect_errors.load(Ordering::Relaxed),
                     last_probe: (probed > 0).then(|| {
                         (

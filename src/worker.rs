@@ -18,7 +18,9 @@ use crate::config::{Balance, Config, HealthCheckConfig, MonitoringConfig, SendMo
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::error::ProxyError;
 use crate::logging::LogLimits;
-use crate::metrics::{PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms};
+use crate::metrics::{
+    EndpointCounters, PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms,
+};
 use crate::reload::{LiveConfig, Reloader};
 use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
@@ -126,6 +128,8 @@ pub(crate) struct Worker {
     pub waiters: VecDeque<(usize, u32, usize)>,
     pub counters: WorkerCounters,
     histograms: WorkerHistograms,
+    /// Per endpoint id (as many as the pool knows).
+    pub(crate) endpoint_counters: Vec<EndpointCounters>,
     pub(crate) log_limits: LogLimits,
     /// Client addresses by slab key, kept only while debug logging is on (a closed or
     /// reset socket no longer has a peer address to ask for).
@@ -373,8 +377,9 @@ impl Worker {
         // Every pool dial is a table entry until it joins the pool.
         self.counters.sessions_active = self.client_sessions() as u64;
         self.counters.pool_idle = self.pool.total_idle() as u64;
-        for ep in 0..self.pool.endpoints() {
-            self.published.publish_endpoint_idle(ep, self.pool.idle(ep));
+        for (ep, c) in self.endpoint_counters.iter_mut().enumerate() {
+            c.idle = self.pool.idle(ep) as u64;
+            self.published.publish_endpoint(ep, c);
         }
         self.published.publish_histograms(&self.histograms);
         self.published.publish(&self.counters);
@@ -545,6 +550,9 @@ impl Worker {
         s.counted = true;
         s.started_ms = self.now_ms as u32;
         let ep = s.endpoint as usize;
+        if let Some(c) = self.endpoint_counters.get_mut(ep) {
+            c.sessions += 1;
+        }
         let client_fd = s.client_fd;
         let listener = s.listener as usize;
         self.shared
@@ -1205,6 +1213,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     waiters: VecDeque::new(),
                     counters: WorkerCounters::default(),
                     histograms: WorkerHistograms::default(),
+                    endpoint_counters: vec![EndpointCounters::default(); endpoint_addrs.len()],
                     log_limits: LogLimits::default(),
                     debug_peers: HashMap::new(),
                     queued: VecDeque::new(),

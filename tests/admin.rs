@@ -260,7 +260,10 @@ fn the_status_page_renders_in_a_browser_with_the_numbers_the_test_caused() {
         c.read_exact(&mut b).expect("echo");
         sessions.push(c);
     }
-    proxy.wait_for("3 sessions", |s| s.total.sessions_active == 3);
+    proxy.wait_for("3 sessions, 12 bytes each way", |s| {
+        s.total.sessions_active == 3
+            && s.endpoints.first().map(|e| (e.bytes_to, e.bytes_from)) == Some((12, 12))
+    });
 
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("http://{admin}/");
@@ -278,6 +281,8 @@ fn the_status_page_renders_in_a_browser_with_the_numbers_the_test_caused() {
     assert!(dom.contains(">UP<"), "{dom}");
     assert!(dom.contains(">LISTEN<"), "{dom}");
     assert!(dom.contains("<td id=\"sessions-accepted\">3</td>"), "{dom}");
+    assert!(dom.contains("<td class=\"sessions\">3</td>"), "{dom}");
+    assert!(dom.contains("<td class=\"bytes\">12 / 12</td>"), "{dom}");
 
     let shot = profile.path().join("status.png");
     let out = chromium(

@@ -145,6 +145,14 @@ fn the_spec_metrics_match_what_the_test_did() {
     stop.store(true, Ordering::Release);
     let moved = bulk.join().expect("bulk thread");
     assert!(moved > 0);
+    // Per endpoint: the 5 one-byte sessions and the bulk one, every byte both ways.
+    let bytes = (5 + moved) as f64;
+    scrape_until(admin, "per-endpoint bytes and sessions", |s| {
+        sample(s, "sssonector_endpoint_sent_bytes_total", &echo_label) == Some(bytes)
+            && sample(s, "sssonector_endpoint_received_bytes_total", &echo_label) == Some(bytes)
+            && sample(s, "sssonector_endpoint_sessions_total", &echo_label) == Some(6.0)
+            && sample(s, "sssonector_endpoint_sessions_total", &refused_label) == Some(0.0)
+    });
     for name in SPEC_NAMES {
         assert!(sample(&s, name, "").is_some(), "{name}");
     }

@@ -67,6 +67,7 @@ pub fn render(s: &StatsSnapshot, metrics_interval: Duration) -> String {
     h.push_str(
         "<h2>Endpoints</h2><table id=\"endpoints\"><tr><th class=\"l\">listener</th>\
          <th class=\"l\">endpoint</th><th>status</th><th>active</th><th>idle</th>\
+         <th>sessions</th><th>bytes to / from</th>\
          <th>connect errors</th><th>failed checks</th><th>last check</th></tr>",
     );
     for e in &s.endpoints {
@@ -92,10 +93,14 @@ pub fn render(s: &StatsSnapshot, metrics_interval: Duration) -> String {
             h,
             "<tr data-endpoint=\"{addr}\"><td class=\"l\">{}</td><td class=\"l\">{addr}</td>\
              <td class=\"{class}\">{status}</td><td class=\"active\">{}</td><td class=\"idle\">{}</td>\
+             <td class=\"sessions\">{}</td><td class=\"bytes\">{} / {}</td>\
              <td class=\"errors\">{}</td><td class=\"checks\">{}</td><td>{}</td></tr>",
             esc(listener),
             e.active,
             e.idle,
+            e.sessions_total,
+            e.bytes_to,
+            e.bytes_from,
             e.connect_errors,
             e.probes_failed,
             esc(&last),
