@@ -325,3 +325,21 @@ fn with_metrics_off_the_probes_and_the_status_page_stay_on() {
     assert_eq!(status_of(admin, "/nope").0, 404);
     proxy.stop();
 }
+
+#[test]
+fn a_client_that_never_finishes_its_request_gets_408_and_is_closed() {
+    let up = Upstream::echo();
+    let (proxy, admin) = proxy_with_admin(up.addr, 1);
+    let mut slow = TcpStream::connect(admin).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    // Meanwhile others are served.
+    assert_eq!(status_of(admin, "/healthz").0, 200);
+    let mut out = Vec::new();
+    slow.read_to_end(&mut out).expect("the server closes");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    proxy.stop();
+}

@@ -13,6 +13,8 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How long writing a response may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a response's connection lingers, swallowing what the client still sends.
+const LINGER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -200,11 +202,16 @@ pub fn respond(stream: &mut TcpStream, r: &Response, head_only: bool) -> io::Res
     stream.flush()?;
     // Half-close, then swallow what the client may still send for a moment: closing with
     // unread data would reset the connection and could destroy the response in flight.
+    // Bounded in bytes and in time, so a client trickling data cannot hold the thread.
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = Instant::now() + LINGER;
     let mut sink = [0u8; 4096];
     let mut left: usize = 64 * 1024;
     while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
