@@ -92,7 +92,7 @@ fn probes_failed(s: &StatsSnapshot) -> u64 {
 /// tell the proxy from the backend.
 #[rustfmt::skip]
 const SCALARS: &[Scalar] = &[
-    Scalar { name: "sssonector_pool_active_connections", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Client sessions in progress (admitted, connecting or relaying), across workers.", value: |s, _| s.total.sessions_active as f64 },
+    Scalar { name: "sssonector_pool_active_connections", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Client sessions the proxy holds (waiting for admission, connecting or relaying), across workers.", value: |s, _| s.total.sessions_active as f64 },
     Scalar { name: "sssonector_pool_idle_connections", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Warm idle upstream connections in the pool, across workers and endpoints.", value: |s, _| s.total.pool_idle as f64 },
     Scalar { name: "sssonector_pool_connection_errors", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Upstream dial attempts (clients' and pool refills) that failed during the last metrics_interval.", value: |_, w| w.connect_errors as f64 },
     Scalar { name: "sssonector_pool_health_check_failures", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Health probes that failed during the last metrics_interval, all endpoints.", value: |_, w| w.health_check_failures as f64 },
