@@ -20,17 +20,24 @@
 //! `failed: ...` for that measurement.
 //! Every child runs in its own process group, killed on drop, on panic and on Ctrl-C.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::peers::{
+    discover, free_port, install_signal_cleanup, raise_nofile, round_order, Kind, Proc, Proxy,
+    Route,
+};
+use common::report::{
+    cell, machine, markdown_table, median_of, print_table, ratio, raw_cell, Measured, Stat,
+};
 use sssonector::loadgen::{self, Bulk, BulkMode, RequestResponse, ServerKind, Upstream};
 
 const MIB: u64 = 1024 * 1024;
@@ -41,9 +48,6 @@ const IDLE_SESSIONS: usize = 4000;
 /// request/response run. Three rounds of three proxies take about 2.5 minutes on 2 cores.
 const FULL_BULK_MIB: u64 = 2048;
 const FULL_RR_SECS: u64 = 10;
-/// File descriptors the bench process and its children may need: 4000 client sockets plus
-/// 4000 accepted upstream sockets here, and 8000 in the proxy.
-const NOFILE: u64 = 20000;
 
 struct Params {
     quick: bool,
@@ -87,165 +91,6 @@ fn parse_args(args: &[String]) -> Result<Params, String> {
             rr_duration: Duration::from_secs(FULL_RR_SECS),
         }
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
-// ---------------------------------------------------------------------------------------------
-
-/// Process groups of live children, so the Ctrl-C handler can kill them too.
-static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-fn kill_group(pgid: i32) {
-    // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-}
-
-/// A proxy under test; its whole process group (nginx's master and worker) dies with it.
-struct Proc {
-    child: Child,
-    name: &'static str,
-    stderr_path: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> io::Result<Proc> {
-        let stdout_path = dir.join(format!("{name}.stdout"));
-        let stderr_path = dir.join(format!("{name}.stderr"));
-        // Files, not pipes: nobody drains a pipe during a run, and a full pipe would stall the proxy.
-        cmd.stdout(Stdio::from(fs::File::create(&stdout_path)?))
-            .stderr(Stdio::from(fs::File::create(&stderr_path)?))
-            .stdin(Stdio::null())
-            // Its own group, so one kill reaches every process it forks.
-            .process_group(0);
-        let child = cmd.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot run {:?}: {e}", cmd.get_program()))
-        })?;
-        if let Ok(mut g) = LIVE_GROUPS.lock() {
-            g.push(child.id() as i32);
-        }
-        Ok(Proc {
-            child,
-            name,
-            stderr_path,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until every port accepts a connection; fails early if the process exits.
-    fn wait_ready(&mut self, ports: &[u16], limit: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        for &port in ports {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            loop {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    return Err(format!(
-                        "{} exited at start ({status}): {}",
-                        self.name,
-                        self.stderr_tail()
-                    ));
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    break;
-                }
-                if start.elapsed() > limit {
-                    return Err(format!(
-                        "{} did not listen on {addr} within {limit:?}: {}",
-                        self.name,
-                        self.stderr_tail()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
-    }
-
-    /// The process has exited (crashed) since it started.
-    fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!(
-                "{} exited ({status}): {}",
-                self.name,
-                self.stderr_tail()
-            )),
-            _ => None,
-        }
-    }
-
-    fn stderr_tail(&self) -> String {
-        let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        // A Rust panic says what happened on the line after `panicked at`; show that pair
-        // rather than the last lines of a backtrace.
-        let tail = match lines.iter().position(|l| l.contains("panicked at")) {
-            Some(i) => lines[i..lines.len().min(i + 2)].join(" "),
-            None => lines[lines.len().saturating_sub(3)..].join(" | "),
-        };
-        if tail.is_empty() {
-            "(no stderr)".into()
-        } else {
-            tail
-        }
-    }
-
-    /// The pids of this process and all its descendants.
-    fn tree(&self) -> Vec<u32> {
-        process_tree(self.pid())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        kill_group(pgid);
-        let _ = self.child.wait();
-        if let Ok(mut g) = LIVE_GROUPS.lock() {
-            g.retain(|&p| p != pgid);
-        }
-    }
-}
-
-/// On Ctrl-C or SIGTERM, kill every child group before exiting (Drop does not run then).
-fn install_signal_cleanup() {
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]) else {
-        eprintln!("warning: cannot install signal handlers; Ctrl-C may leave proxies running");
-        return;
-    };
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            if let Ok(g) = LIVE_GROUPS.lock() {
-                for &pgid in g.iter() {
-                    kill_group(pgid);
-                }
-            }
-            eprintln!("bench-compare: interrupted (signal {sig}); children killed");
-            std::process::exit(130);
-        }
-    });
-}
-
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the plain struct we pass by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        let want = NOFILE.min(lim.rlim_max);
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,32 +169,6 @@ fn clock_ticks_per_sec() -> u64 {
 // Proxies
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Sssonector,
-    Haproxy,
-    Nginx,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Sssonector => "sssonector",
-            Kind::Haproxy => "haproxy",
-            Kind::Nginx => "nginx",
-        }
-    }
-}
-
-/// A proxy to measure: where its binary is and how to start it.
-struct Proxy {
-    kind: Kind,
-    bin: PathBuf,
-    version: String,
-    /// `load_module` line for nginx's stream module, when it is built as a dynamic module.
-    nginx_stream_module: Option<PathBuf>,
-}
-
 /// The three listeners every proxy gets: to the echo, the sink and the source upstream.
 struct Ports {
     echo: u16,
@@ -363,169 +182,36 @@ struct Upstreams {
     source: Upstream,
 }
 
-fn free_port() -> io::Result<u16> {
-    // The kernel picks a free port; it stays free until the proxy binds it a moment later
-    // (nothing else on this loopback-only bench races for it).
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn first_line(mut cmd: Command) -> String {
-    cmd.output()
-        .ok()
-        .map(|o| {
-            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
-            s.push_str(&String::from_utf8_lossy(&o.stderr));
-            s.lines().next().unwrap_or("").trim().to_string()
+/// Starts `p` with three listeners, to the echo, the sink and the source upstream.
+fn start_proxy(p: &Proxy, dir: &Path, up: &Upstreams) -> Result<(Proc, Ports), String> {
+    let ports = (|| -> io::Result<Ports> {
+        Ok(Ports {
+            echo: free_port()?,
+            sink: free_port()?,
+            source: free_port()?,
         })
-        .unwrap_or_default()
-}
-
-/// Where nginx's stream module .so is, if this nginx builds stream as a dynamic module.
-fn nginx_stream_module(nginx: &Path) -> Result<Option<PathBuf>, String> {
-    let out = Command::new(nginx)
-        .arg("-V")
-        .output()
-        .map_err(|e| format!("cannot run nginx -V: {e}"))?;
-    let v =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    if v.contains("--with-stream ") || v.trim_end().ends_with("--with-stream") {
-        return Ok(None); // built in
-    }
-    if !v.contains("--with-stream=dynamic") {
-        return Err("this nginx has no stream module".into());
-    }
-    let mut candidates = vec![PathBuf::from("/usr/lib/nginx/modules/ngx_stream_module.so")];
-    // Debian enables it with a `load_module modules/...so;` line relative to /usr/share/nginx.
-    if let Ok(dir) = fs::read_dir("/etc/nginx/modules-enabled") {
-        for e in dir.flatten() {
-            if let Ok(text) = fs::read_to_string(e.path()) {
-                for word in text.split_whitespace() {
-                    let w = word.trim_end_matches(';');
-                    if w.ends_with("ngx_stream_module.so") {
-                        let p = PathBuf::from(w);
-                        candidates.push(if p.is_absolute() {
-                            p
-                        } else {
-                            Path::new("/usr/share/nginx").join(p)
-                        });
-                    }
-                }
-            }
-        }
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.exists())
-        .map(Some)
-        .ok_or_else(|| {
-            "nginx's stream module is not installed (apt-get install libnginx-mod-stream)".into()
-        })
-}
-
-impl Proxy {
-    fn start(&self, dir: &Path, up: &Upstreams) -> Result<(Proc, Ports), String> {
-        let ports = (|| -> io::Result<Ports> {
-            Ok(Ports {
-                echo: free_port()?,
-                sink: free_port()?,
-                source: free_port()?,
-            })
-        })()
-        .map_err(|e| format!("cannot pick ports: {e}"))?;
-        let pairs = [
-            ("echo", ports.echo, up.echo.addr()),
-            ("sink", ports.sink, up.sink.addr()),
-            ("source", ports.source, up.source.addr()),
-        ];
-        let mut cmd;
-        match self.kind {
-            Kind::Sssonector => {
-                let mut y = String::from("workers: 1\nlisteners:\n");
-                for (name, port, u) in pairs {
-                    let _ = write!(
-                        y,
-                        "  - name: {name}\n    listen: 127.0.0.1:{port}\n    upstreams: [\"{u}\"]\n"
-                    );
-                }
-                // Room for the idle-session measurement (its default max_active is 1000).
-                y.push_str("connection:\n  pool:\n    max_active: 9000\n");
-                let path = dir.join("sssonector.yaml");
-                fs::write(&path, y).map_err(|e| format!("cannot write config: {e}"))?;
-                cmd = Command::new(&self.bin);
-                cmd.arg("--config")
-                    .arg(&path)
-                    .args(["--workers", "1"])
-                    // The admin server on a free port: 9090 may be taken on this host.
-                    .args(["--admin-listen", "127.0.0.1:0"])
-                    .env("SSSONECTOR_LOG", "warn")
-                    // Keep a panic to its message: it ends up in the failure line.
-                    .env("RUST_BACKTRACE", "0");
-            }
-            Kind::Haproxy => {
-                // maxconn 9000: 2 fds per session stays under the 20000 fd hard limit.
-                let mut c = String::from(
-                    "global\n  nbthread 1\n  maxconn 9000\n\
-                     defaults\n  mode tcp\n  maxconn 9000\n  timeout connect 5s\n  \
-                     timeout client 1h\n  timeout server 1h\n",
-                );
-                for (name, port, u) in pairs {
-                    let _ = write!(
-                        c,
-                        "listen {name}\n  bind 127.0.0.1:{port}\n  server {name} {u}\n"
-                    );
-                }
-                let path = dir.join("haproxy.cfg");
-                fs::write(&path, c).map_err(|e| format!("cannot write config: {e}"))?;
-                cmd = Command::new(&self.bin);
-                cmd.arg("-db").arg("-f").arg(&path);
-            }
-            Kind::Nginx => {
-                let mut c = String::new();
-                if let Some(so) = &self.nginx_stream_module {
-                    let _ = writeln!(c, "load_module {};", so.display());
-                }
-                let _ = write!(
-                    c,
-                    "worker_processes 1;\nworker_rlimit_nofile {NOFILE};\npid {pid};\n\
-                     error_log {err} warn;\nevents {{ worker_connections 10000; }}\n\
-                     stream {{\n  proxy_connect_timeout 5s;\n  proxy_timeout 1h;\n  \
-                     proxy_half_close on;\n",
-                    pid = dir.join("nginx.pid").display(),
-                    err = dir.join("nginx-error.log").display(),
-                );
-                for (_, port, u) in pairs {
-                    let _ = writeln!(
-                        c,
-                        "  server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {u}; }}"
-                    );
-                }
-                c.push_str("}\n");
-                let path = dir.join("nginx.conf");
-                fs::write(&path, c).map_err(|e| format!("cannot write config: {e}"))?;
-                cmd = Command::new(&self.bin);
-                cmd.arg("-p")
-                    .arg(dir)
-                    .arg("-c")
-                    .arg(&path)
-                    .arg("-e")
-                    .arg(dir.join("nginx-error.log"))
-                    .args(["-g", "daemon off;"]);
-            }
-        }
-        let mut proc = Proc::spawn(self.kind.name(), cmd, dir).map_err(|e| e.to_string())?;
-        proc.wait_ready(
-            &[ports.echo, ports.sink, ports.source],
-            Duration::from_secs(10),
-        )?;
-        Ok((proc, ports))
-    }
+    })()
+    .map_err(|e| format!("cannot pick ports: {e}"))?;
+    let routes = [
+        Route {
+            name: "echo",
+            port: ports.echo,
+            upstream: up.echo.addr(),
+        },
+        Route {
+            name: "sink",
+            port: ports.sink,
+            upstream: up.sink.addr(),
+        },
+        Route {
+            name: "source",
+            port: ports.source,
+            upstream: up.source.addr(),
+        },
+    ];
+    // Room for the idle-session measurement (its default max_active is 1000).
+    let proc = p.start(dir, &routes, "  pool:\n    max_active: 9000\n")?;
+    Ok((proc, ports))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,7 +248,7 @@ fn measure_bulk(
     mode: BulkMode,
     bytes: u64,
 ) -> Result<f64, String> {
-    let (mut proc, ports) = p.start(dir, up)?;
+    let (mut proc, ports) = start_proxy(p, dir, up)?;
     let port = if mode == BulkMode::Sink {
         ports.sink
     } else {
@@ -588,7 +274,7 @@ fn measure_rr(
     duration: Duration,
     hz: u64,
 ) -> Result<RrNumbers, String> {
-    let (mut proc, ports) = p.start(dir, up)?;
+    let (mut proc, ports) = start_proxy(p, dir, up)?;
     // Warm-up: first-use allocations in the proxy stay out of the measured part.
     let mut warm = RequestResponse::new(addr(ports.echo), RR_CONNECTIONS, RR_PAYLOAD);
     warm.requests = Some(5000);
@@ -598,7 +284,7 @@ fn measure_rr(
     let mut cfg = RequestResponse::new(addr(ports.echo), RR_CONNECTIONS, RR_PAYLOAD);
     cfg.duration = Some(duration);
     cfg.timeout = duration + Duration::from_secs(30);
-    let pids = proc.tree();
+    let pids = process_tree(proc.pid());
     let cpu0 = cpu_ticks(&pids);
     let r = loadgen::request_response(&cfg).map_err(|e| blame(&mut proc, e))?;
     let cpu1 = cpu_ticks(&pids);
@@ -613,20 +299,20 @@ fn measure_rr(
 
 /// Bytes of proxy RSS per established idle session.
 fn measure_idle(p: &Proxy, dir: &Path, up: &Upstreams) -> Result<f64, String> {
-    let (mut proc, ports) = p.start(dir, up)?;
+    let (mut proc, ports) = start_proxy(p, dir, up)?;
     // One session opened and closed first, so one-time setup is not charged to the sessions.
     drop(
         loadgen::idle_sessions(addr(ports.echo), 1, Duration::from_secs(10))
             .map_err(|e| blame(&mut proc, e))?,
     );
     std::thread::sleep(Duration::from_millis(300));
-    let pids = proc.tree();
+    let pids = process_tree(proc.pid());
     let before = rss_kib(&pids);
     let socks = loadgen::idle_sessions(addr(ports.echo), IDLE_SESSIONS, Duration::from_secs(60))
         .map_err(|e| blame(&mut proc, e))?;
     // Let the proxy finish whatever it does after the last echo before sampling.
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(&proc.tree());
+    let after = rss_kib(&process_tree(proc.pid()));
     if let Some(died) = proc.exited() {
         return Err(died);
     }
@@ -659,13 +345,6 @@ const STEPS: [Step; 4] = [
     Step::RequestResponse,
     Step::Idle,
 ];
-
-/// The proxies in the order round `round` (0-based) runs them: the list rotated by one per
-/// round (sss, haproxy, nginx; then haproxy, nginx, sss; ...), so slow drift of the machine
-/// does not always hit the same proxy first or last.
-fn round_order(n: usize, round: usize) -> Vec<usize> {
-    (0..n).map(|i| (i + round) % n.max(1)).collect()
-}
 
 /// Runs one measurement of one proxy and stores its numbers in `r`.
 fn run_step(step: Step, p: &Proxy, b: &Bench, tag: &str, r: &mut Results) {
@@ -830,96 +509,10 @@ const METRICS: &[Metric] = &[
     },
 ];
 
-/// One metric of one proxy over the rounds in which it was measured.
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-    /// Rounds in which it was measured successfully, out of `total`.
-    ok: usize,
-    total: usize,
-}
-
-fn ok(v: &Option<Result<f64, String>>) -> Option<f64> {
-    match v {
-        Some(Ok(x)) => Some(*x),
-        _ => None,
-    }
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
-/// Median, min and max of a metric over the rounds that measured it. `None`: never
-/// measured (skipped); `Err`: failed in every round (the first round's error).
+/// The metric's value in every round.
 fn summarize(rounds: &[Results], m: &Metric) -> Option<Result<Stat, String>> {
-    let vals: Vec<&Option<Result<f64, String>>> = rounds.iter().map(|r| (m.get)(r)).collect();
-    let total = vals.iter().filter(|v| v.is_some()).count();
-    if total == 0 {
-        return None;
-    }
-    let mut oks: Vec<f64> = vals.iter().filter_map(|v| ok(v)).collect();
-    if oks.is_empty() {
-        let first = vals.iter().find_map(|v| match v {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        });
-        return Some(Err(first.unwrap_or_default()));
-    }
-    oks.sort_by(f64::total_cmp);
-    Some(Ok(Stat {
-        median: median(&oks),
-        min: oks[0],
-        max: oks[oks.len() - 1],
-        ok: oks.len(),
-        total,
-    }))
-}
-
-fn median_of(s: &Option<Result<Stat, String>>) -> Option<f64> {
-    match s {
-        Some(Ok(st)) => Some(st.median),
-        _ => None,
-    }
-}
-
-/// `median (min–max)`, or the single value for one round; `[k/n ok]` when some rounds failed.
-fn cell(s: &Option<Result<Stat, String>>, decimals: usize) -> String {
-    match s {
-        Some(Ok(st)) => {
-            let mut c = format!("{:.decimals$}", st.median);
-            if st.ok > 1 {
-                let _ = write!(c, " ({:.decimals$}–{:.decimals$})", st.min, st.max);
-            }
-            if st.ok < st.total {
-                let _ = write!(c, " [{}/{} ok]", st.ok, st.total);
-            }
-            c
-        }
-        Some(Err(_)) => "failed".into(),
-        None => "skipped".into(),
-    }
-}
-
-fn raw_cell(v: &Option<Result<f64, String>>, decimals: usize) -> String {
-    match v {
-        Some(Ok(x)) => format!("{x:.decimals$}"),
-        Some(Err(_)) => "failed".into(),
-        None => "skipped".into(),
-    }
-}
-
-fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
-    match (ours, theirs) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-        _ => "-".into(),
-    }
+    let vals: Vec<&Measured> = rounds.iter().map(|r| (m.get)(r)).collect();
+    common::report::summarize(&vals)
 }
 
 /// Rows of cells: header first. Each proxy's cell is its median over the rounds with the
@@ -980,52 +573,6 @@ fn per_round_table(results: &[(Kind, Vec<Results>)], rounds: usize) -> Vec<Vec<S
         }
     }
     rows
-}
-
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows[0].len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for (i, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(c, s)| {
-                let pad = widths[c] - s.chars().count();
-                if c == 0 {
-                    format!("{s}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{s}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        println!("{}", line.join("  "));
-        if i == 0 {
-            println!(
-                "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (cols - 1))
-            );
-        }
-    }
-}
-
-/// A markdown table; the first `left` columns are left-aligned, the rest right-aligned.
-fn markdown_table(md: &mut String, rows: &[Vec<String>], left: usize) {
-    let _ = writeln!(md, "| {} |", rows[0].join(" | "));
-    let _ = writeln!(
-        md,
-        "|{}|",
-        rows[0]
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i < left { "---" } else { "---:" })
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for r in &rows[1..] {
-        let _ = writeln!(md, "| {} |", r.join(" | "));
-    }
 }
 
 fn mode_line(params: &Params) -> String {
@@ -1090,28 +637,6 @@ fn markdown(
     md
 }
 
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    format!(
-        "{cores} cores ({cpu}), Linux {kernel}; loopback only; load generator, proxy and \
-         upstreams share the cores"
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
@@ -1124,7 +649,7 @@ fn main() {
         }
     };
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    install_signal_cleanup();
+    install_signal_cleanup("bench-compare");
     raise_nofile();
     let hz = clock_ticks_per_sec();
 
@@ -1140,46 +665,7 @@ fn main() {
         std::process::exit(1);
     }
 
-    let mut proxies = vec![Proxy {
-        kind: Kind::Sssonector,
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_sssonector")),
-        version: first_line({
-            let mut c = Command::new(env!("CARGO_BIN_EXE_sssonector"));
-            c.arg("--version");
-            c
-        }) + " (--workers 1)",
-        nginx_stream_module: None,
-    }];
-    let mut missing = Vec::new();
-    match find_in_path("haproxy") {
-        Some(bin) => {
-            let mut c = Command::new(&bin);
-            c.arg("-v");
-            proxies.push(Proxy {
-                kind: Kind::Haproxy,
-                version: first_line(c) + " (mode tcp, nbthread 1)",
-                bin,
-                nginx_stream_module: None,
-            });
-        }
-        None => missing.push("haproxy not found in PATH".to_string()),
-    }
-    match find_in_path("nginx") {
-        Some(bin) => match nginx_stream_module(&bin) {
-            Ok(module) => {
-                let mut c = Command::new(&bin);
-                c.arg("-v");
-                proxies.push(Proxy {
-                    kind: Kind::Nginx,
-                    version: first_line(c) + " (stream, worker_processes 1)",
-                    bin,
-                    nginx_stream_module: module,
-                });
-            }
-            Err(e) => missing.push(format!("nginx: {e}")),
-        },
-        None => missing.push("nginx not found in PATH".to_string()),
-    }
+    let (proxies, missing) = discover();
     for m in &missing {
         eprintln!("bench-compare: {m}; skipping it (benches/install-peers.sh installs the peers)");
     }

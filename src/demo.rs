@@ -82,7 +82,7 @@ pub fn run(duration: Option<Duration>) -> Result<(), ProxyError> {
     match duration {
         Some(d) => println!(
             "Stops after {} in all, or on Ctrl-C.",
-            humantime::format_duration(d)
+            crate::config::duration::format(d)
         ),
         None => println!("Ctrl-C stops it."),
     }

@@ -35,7 +35,10 @@ pub enum ProxyError {
     Config(#[from] ConfigError),
     #[error("io_uring is unavailable: {0}")]
     UringUnavailable(String),
-    #[error("internal: cannot bind listener `{name}` on {addr}: {source}")]
+    /// A listener's address cannot be bound: the user's configuration when
+    /// [`crate::config::is_bind_config_error`] says so (the binary then reports it as
+    /// `Config::bind_error`, with the key and line), else the machine's.
+    #[error("listener `{name}` cannot listen on {addr}: {source}")]
     Bind {
         name: String,
         addr: SocketAddr,

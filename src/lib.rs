@@ -10,7 +10,8 @@
 //!   buffers and published as a provided-buffer ring; slot ownership and the ENOBUFS wait list.
 //! - [`conn`]: the per-worker connection table (slab with generations) and active list.
 //! - [`admission`]: the global `max_active` limit and its first-come queue.
-//! - [`upstream`]: endpoints (shared health table, balancing) and each worker's warm pool.
+//! - [`upstream`]: endpoints (shared health table, balancing), the warm pool shared by every
+//!   worker, and its keeper thread (watches idle connections, expires, retires, flushes).
 //! - [`health`]: the prober thread (TCP connect with rise/fall thresholds).
 //! - [`relay`]: one session's two directions: receive, send, half-close, backpressure.
 //! - [`worker`]: one thread, one ring, its listeners, its table; the completion loop.

@@ -28,7 +28,7 @@ struct Cli {
     /// Address of the admin HTTP server; overrides `connection.monitoring.listen`
     /// (port 0 picks a free port, logged at start).
     #[arg(long, global = true)]
-    admin_listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<String>,
     /// Log line format on stderr: `text` or `json` (one object per line, for collectors).
     #[arg(long, global = true, default_value = "text")]
     log_format: sssonector::logging::LogFormat,
@@ -42,7 +42,7 @@ enum Command {
     /// drive a short load through it and print what it measured.
     Demo {
         /// Stop after this long (e.g. `30s`); without it the demo runs until Ctrl-C.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = sssonector::config::duration::parse)]
         duration: Option<Duration>,
     },
 }
@@ -74,30 +74,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// Builds the config from `--config` and/or `--listen/--upstream/--workers`.
+/// Builds the config from `--config` and/or `--listen/--upstream/--workers/--admin-listen`,
+/// and tries its listen addresses (a busy port is the configuration's problem, reported
+/// with the key and line, for `check` as for a start).
 fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
-    let mut config = Config::from_cli(
+    let config = read_config(cli)?;
+    config.probe_listeners()?;
+    Ok(config)
+}
+
+/// The config from the file and flags, validated, without the trial bind: a reload reads
+/// it again while the running proxy holds its listen addresses.
+fn read_config(cli: &Cli) -> Result<Config, ProxyError> {
+    Ok(Config::from_cli_with_admin(
         cli.config.as_deref(),
         cli.listen.as_deref(),
         &cli.upstream,
         cli.workers.as_deref(),
-    )?;
-    if let Some(addr) = cli.admin_listen {
-        config.connection.monitoring.listen = addr;
-    }
-    Ok(config)
+        cli.admin_listen.as_deref(),
+    )?)
 }
 
 fn run(config: Config, cli: Cli) -> Result<(), ProxyError> {
     let signals = sssonector::signals::ProcessSignals::install()?;
-    let mut handle = sssonector::start(config)?;
+    // Kept to report a bind that fails after the probe (a port taken in between) as the
+    // configuration error it is.
+    let loaded = config.clone();
+    let mut handle = sssonector::start(config).map_err(|e| match e {
+        ProxyError::Bind { name, addr, source }
+            if sssonector::config::is_bind_config_error(&source) =>
+        {
+            ProxyError::Config(loaded.bind_error(&name, addr, &source))
+        }
+        other => other,
+    })?;
     let started = handle.start_admin().and_then(|_| {
-        // A reload reads the file and flags again, exactly as at start (and as `check`).
+        // A reload reads the file and flags again, exactly as at start (and as `check`,
+        // less the trial bind of addresses this proxy holds).
         signals.spawn(
             handle.shutdown_trigger(),
             handle.view(),
             handle.reloader(),
-            Box::new(move || load_config(&cli)),
+            Box::new(move || read_config(&cli)),
         )
     });
     if let Err(e) = started {

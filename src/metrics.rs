@@ -58,20 +58,12 @@ counters! {
     upstream_connect_timeouts,
     client_errors,
     upstream_errors,
-    /// Gauge: warm idle upstream connections.
-    pool_idle,
     /// Sessions paired with a warm connection.
     pool_hits,
     /// Sessions that dialed because no warm connection was there.
     pool_misses,
     /// Dials made to fill the pool.
     pool_dials,
-    /// Idle connections found closed by their server (sweep or handoff check).
-    pool_dead,
-    /// Idle connections closed after `idle_timeout`.
-    pool_expired,
-    /// Idle connections closed because their endpoint went down.
-    pool_flushed,
     /// Dial retries for clients.
     connect_retries,
     /// Clients closed because every dial attempt failed.
@@ -179,11 +171,10 @@ histograms! {
     session_ms: DURATION_BOUNDS_MS,
 }
 
-/// What a worker counts per endpoint, as plain integers.
+/// What a worker counts per endpoint, as plain integers (idle pooled connections are
+/// the shared pool's: [`crate::upstream::WarmPool::idle`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointCounters {
-    /// Gauge: idle pooled connections.
-    pub idle: u64,
     /// Sessions that started relaying to it.
     pub sessions: u64,
     /// Bytes received from clients for it (sent to it).
@@ -193,15 +184,14 @@ pub struct EndpointCounters {
 }
 
 impl EndpointCounters {
-    fn to_array(self) -> [u64; 4] {
-        [self.idle, self.sessions, self.bytes_to, self.bytes_from]
+    fn to_array(self) -> [u64; 3] {
+        [self.sessions, self.bytes_to, self.bytes_from]
     }
 
-    fn add_array(&mut self, a: [u64; 4]) {
-        self.idle += a[0];
-        self.sessions += a[1];
-        self.bytes_to += a[2];
-        self.bytes_from += a[3];
+    fn add_array(&mut self, a: [u64; 3]) {
+        self.sessions += a[0];
+        self.bytes_to += a[1];
+        self.bytes_from += a[2];
     }
 }
 
@@ -216,7 +206,7 @@ pub struct PublishedCounters {
     /// The worker left its loop normally (a drain or stop): no heartbeat is expected.
     finished: AtomicBool,
     /// [`EndpointCounters`] of this worker, per endpoint id.
-    endpoints: Vec<[AtomicU64; 4]>,
+    endpoints: Vec<[AtomicU64; 3]>,
     /// Each histogram's bucket counts followed by its sum, in declaration order.
     histograms: Vec<AtomicU64>,
 }
@@ -308,7 +298,7 @@ pub struct EndpointSnapshot {
     /// Sessions using it now, across workers.
     pub active: u64,
     pub probes_failed: u64,
-    /// Idle pooled connections, across workers.
+    /// Idle pooled connections (the shared warm pool's).
     pub idle: u64,
     /// Sessions that started relaying to it, across workers.
     pub sessions_total: u64,
@@ -349,6 +339,8 @@ pub struct StatsSnapshot {
     pub heartbeat_age_ms: Vec<Option<u64>>,
     /// A drain has begun (SIGTERM): the proxy is finishing, not taking new work.
     pub draining: bool,
+    /// The warm pool (shared by the workers): idle connections and discards by reason.
+    pub pool: crate::upstream::PoolStats,
 }
 
 impl StatsSnapshot {
@@ -379,7 +371,7 @@ impl StatsSnapshot {
     ) -> EndpointCounters {
         let mut total = EndpointCounters::default();
         for slots in workers.iter().filter_map(|w| w.endpoints.get(endpoint)) {
-            total.add_array([0, 1, 2, 3].map(|i| slots[i].load(Relaxed)));
+            total.add_array([0, 1, 2].map(|i| slots[i].load(Relaxed)));
         }
         total
     }
@@ -411,7 +403,6 @@ mod tests {
         p.publish_histograms(&h);
         assert_eq!(p.load_histograms(), h);
         let c = EndpointCounters {
-            idle: 7,
             sessions: 3,
             bytes_to: 10,
             bytes_from: 20,

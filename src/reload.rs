@@ -1,10 +1,14 @@
 //! Live reload (SIGHUP): a new configuration is applied to the running proxy without
 //! dropping a session or the healthy part of the warm pool.
 //!
-//! - Upstreams: an endpoint that stays keeps its id, its health and its idle pool. A new
-//!   one gets a new id in the append-only endpoint table and warms at once. A removed one
-//!   is retired: no new session, its idle pool is flushed, its sessions go on.
-//! - Pool, health, timeouts, limits: workers take the new [`LiveConfig`] on their next
+//! - Upstreams: an endpoint that stays keeps its id, its health and its idle connections.
+//!   A new one gets a new id in the append-only endpoint table and warms at once. A
+//!   removed one is retired: no new session, its idle connections are closed, no refill;
+//!   its sessions go on.
+//! - The warm pool is one for the whole proxy: the reload changes it once, under its
+//!   lock (endpoints' shares of the total `max_idle`, timers, retired endpoints' idle
+//!   connections), while the keeper and the workers go on.
+//! - Health, timeouts, limits: workers take the new [`LiveConfig`] on their next
 //!   wake-up; the admission limits, health thresholds and prober settings are shared
 //!   state and change at once.
 //! - Listener addresses, the worker count, the buffer region and the admin server need a
@@ -16,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Config, ShutdownConfig};
-use crate::upstream::{WarmPool, MAX_ENDPOINTS};
+use crate::upstream::{self, Reconfigure, MAX_ENDPOINTS};
 use crate::worker::{Settings, Shared, Worker};
 
 /// Why a reload was refused; the running configuration is unchanged.
@@ -36,9 +40,6 @@ pub(crate) struct LiveConfig {
     pub listener_endpoints: Vec<Vec<usize>>,
     pub connect_timeout: Duration,
     pub retry_interval: Duration,
-    pub max_idle: usize,
-    pub idle_timeout: Duration,
-    pub workers: usize,
 }
 
 impl LiveConfig {
@@ -49,9 +50,6 @@ impl LiveConfig {
             listener_endpoints,
             connect_timeout: pool.connect_timeout,
             retry_interval: pool.retry_interval,
-            max_idle: pool.max_idle,
-            idle_timeout: pool.idle_timeout,
-            workers: config.workers.resolve(),
         }
     }
 }
@@ -108,6 +106,8 @@ impl Reloader {
 
         let mut outcome = ReloadOutcome::default();
         let mut listener_endpoints = Vec::new();
+        // New and revived endpoints: they warm at once.
+        let mut warm = Vec::new();
         for (i, l) in new.listeners.iter().enumerate() {
             let mut ids = Vec::new();
             for addr in &l.resolved {
@@ -116,25 +116,31 @@ impl Reloader {
                         if table.is_retired(id) {
                             table.revive(id);
                             outcome.added.push(*addr);
+                            warm.push(id);
                         }
                         id
                     }
                     None => {
                         outcome.added.push(*addr);
-                        table.add(i, *addr).ok_or(ReloadError::TooManyEndpoints)?
+                        let id = table.add(i, *addr).ok_or(ReloadError::TooManyEndpoints)?;
+                        warm.push(id);
+                        id
                     }
                 };
                 ids.push(id);
             }
             listener_endpoints.push(ids);
         }
+        let mut flush = Vec::new();
         for id in 0..table.len() {
             let listed = listener_endpoints.iter().any(|ids| ids.contains(&id));
             if !listed && !table.is_retired(id) {
                 table.retire(id);
                 outcome.retired.push(table.get(id).addr);
+                flush.push((id, table.down_epoch(id)));
             }
         }
+        self.reconfigure_pool(&new, &listener_endpoints, &warm, flush);
 
         let conn = &new.connection;
         let mut woken = Vec::new();
@@ -157,6 +163,46 @@ impl Reloader {
             .publish_live(LiveConfig::new(&new, listener_endpoints));
         *current = new;
         Ok(outcome)
+    }
+}
+
+impl Reloader {
+    /// The pool part of a reload, once for the proxy: shares of the total `max_idle` for
+    /// the endpoints in service, the new timers; retired endpoints' idle connections (all
+    /// of them when the pool is turned off) are closed and get no refill.
+    fn reconfigure_pool(
+        &self,
+        new: &Config,
+        listener_endpoints: &[Vec<usize>],
+        warm: &[usize],
+        mut flush: Vec<(usize, u64)>,
+    ) {
+        let table = &self.shared.endpoints;
+        let pool_cfg = &new.connection.pool;
+        let enabled = pool_cfg.enabled && pool_cfg.max_idle > 0;
+        let mut serving: Vec<usize> = listener_endpoints.iter().flatten().copied().collect();
+        serving.sort_unstable();
+        serving.dedup();
+        if !enabled {
+            flush = (0..table.len())
+                .map(|id| (id, table.down_epoch(id)))
+                .collect();
+        }
+        let closed = self.shared.pool.reconfigure(
+            &Reconfigure {
+                endpoints: table.len(),
+                serving: &serving,
+                warm,
+                flush: &flush,
+                max_idle: if enabled { pool_cfg.max_idle } else { 0 },
+                idle_timeout: pool_cfg.idle_timeout,
+                retry_interval: pool_cfg.retry_interval,
+            },
+            std::time::Instant::now(),
+        );
+        for fd in closed {
+            upstream::close_unused(fd);
+        }
     }
 }
 
@@ -203,7 +249,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
 
 impl Worker {
     /// Takes the latest [`LiveConfig`]: grows the per-endpoint tables, then switches the
-    /// listeners' endpoint lists, settings and timeouts. Sessions are not touched.
+    /// listeners' endpoint lists, settings and timeouts. Sessions are not touched, and
+    /// the shared warm pool was reconfigured by the reload itself.
     pub(crate) fn apply_live_config(&mut self) {
         // The generation first: a reload published after this read is applied next time.
         self.live_generation = self.shared.live_generation.load(Ordering::Acquire);
@@ -219,8 +266,6 @@ impl Worker {
             let addr = table.get(self.ring.endpoints()).addr;
             self.ring.add_endpoint(addr);
         }
-        let share = WarmPool::share_of(live.max_idle, self.index, live.workers);
-        self.pool.reconfigure(n, share, live.idle_timeout);
         if self.endpoint_counters.len() < n {
             self.endpoint_counters.resize(n, Default::default());
         }
@@ -230,12 +275,7 @@ impl Worker {
         for (l, ids) in self.listeners.iter_mut().zip(&live.listener_endpoints) {
             l.endpoints = ids.clone();
         }
-        if !self.settings.pool_enabled {
-            self.pool.drain_all(&mut self.fds);
-            self.close_fds();
-        }
         self.next_sweep = self.now;
-        self.flush_down_endpoints();
         if !self.stopping && !self.listeners_closed {
             self.refill();
         }

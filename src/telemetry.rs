@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use crate::metrics::{
     EndpointSnapshot, Histogram, StatsSnapshot, WorkerCounters, WorkerHistograms,
 };
+use crate::upstream::Discard;
 
 /// The exposition's content type (text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -93,14 +94,14 @@ fn probes_failed(s: &StatsSnapshot) -> u64 {
 #[rustfmt::skip]
 const SCALARS: &[Scalar] = &[
     Scalar { name: "sssonector_pool_active_connections", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Client sessions the proxy holds (waiting for admission, connecting or relaying), across workers.", value: |s, _| s.total.sessions_active as f64 },
-    Scalar { name: "sssonector_pool_idle_connections", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Warm idle upstream connections in the pool, across workers and endpoints.", value: |s, _| s.total.pool_idle as f64 },
+    Scalar { name: "sssonector_pool_idle_connections", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Warm idle upstream connections in the pool (one pool for every worker), across endpoints.", value: |s, _| s.pool.idle as f64 },
     Scalar { name: "sssonector_pool_connection_errors", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Upstream dial attempts (clients' and pool refills) that failed during the last metrics_interval.", value: |_, w| w.connect_errors as f64 },
     Scalar { name: "sssonector_pool_health_check_failures", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Health probes that failed during the last metrics_interval, all endpoints.", value: |_, w| w.health_check_failures as f64 },
     Scalar { name: "sssonector_buffer_pool_size", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Buffer slots of buffer.size bytes, across workers (buffer.max_pool_size, rounded up to a multiple of the worker count).", value: |s, _| s.total.buffer_slots_total as f64 },
     Scalar { name: "sssonector_buffer_pool_utilization", kind: Kind::Gauge, unit: None, help: "Fraction (0..1) of buffer slots holding data received and not yet sent.", value: |s, _| ratio(s.total.buffer_slots_in_use, s.total.buffer_slots_total) },
     Scalar { name: "sssonector_buffer_allocation_rate", kind: Kind::Gauge, unit: Some(Unit::CountPerSecond), help: "Buffer slot checkouts per second (one per receive), averaged over the last metrics_interval.", value: |_, w| w.allocations_per_sec },
     Scalar { name: "sssonector_connection_errors_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Connection errors: failed upstream dial attempts plus errors (reset, broken pipe) on either side of a session.", value: |s, _| (s.total.upstream_connect_errors + s.total.client_errors + s.total.upstream_errors) as f64 },
-    Scalar { name: "sssonector_connection_timeouts_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Timeouts: upstream dials past pool.connect_timeout, sessions idle past pool.idle_timeout, clients queued past pool.queue_timeout.", value: |s, _| (s.total.upstream_connect_timeouts + s.total.session_timeouts + s.total.queue_timeouts) as f64 },
+    Scalar { name: "sssonector_connection_timeouts_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Timeouts: upstream dials past pool.connect_timeout, sessions idle past session.idle_timeout, clients queued past pool.queue_timeout.", value: |s, _| (s.total.upstream_connect_timeouts + s.total.session_timeouts + s.total.queue_timeouts) as f64 },
     Scalar { name: "sssonector_health_check_failures_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Health probes that failed, all endpoints.", value: |s, _| probes_failed(s) as f64 },
     Scalar { name: "sssonector_sessions_accepted_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Client connections accepted.", value: |s, _| s.total.sessions_total as f64 },
     Scalar { name: "sssonector_sessions_closed_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Client sessions ended, whatever the reason (see sssonector_session_close_reasons_total).", value: |s, _| s.total.sessions_closed as f64 },
@@ -168,18 +169,6 @@ const LABELLED: &[Labelled] = &[
             ("queue", |c| c.queue_timeouts),
         ],
     },
-    Labelled {
-        name: "sssonector_pool_discarded_total",
-        kind: Kind::Counter,
-        unit: Some(Unit::Count),
-        help: "Idle pooled upstream connections closed unused, by reason.",
-        label: "reason",
-        values: &[
-            ("closed_by_server", |c| c.pool_dead),
-            ("expired", |c| c.pool_expired),
-            ("flushed_by_health", |c| c.pool_flushed),
-        ],
-    },
 ];
 
 #[rustfmt::skip]
@@ -209,11 +198,16 @@ pub fn metric_names() -> Vec<&'static str> {
     names.extend(PER_ENDPOINT.iter().map(|m| m.name));
     names.extend(HISTOGRAMS.iter().map(|m| m.name));
     names.extend([
+        POOL_DISCARDED,
         "sssonector_listener_bound",
         "sssonector_worker_heartbeat_age_seconds",
     ]);
     names
 }
+
+/// Discarded idle pool connections, one `reason` per [`Discard::ALL`]: the warm pool is
+/// shared by the workers, so these come from [`StatsSnapshot::pool`], not their counters.
+const POOL_DISCARDED: &str = "sssonector_pool_discarded_total";
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
@@ -261,6 +255,17 @@ pub fn render(s: &StatsSnapshot, w: &Window) -> String {
             let key = Key::from_parts(m.name, vec![Label::new(m.label, *label)]);
             set(&r, m.kind, key, value(&s.total) as f64);
         }
+    }
+    describe(
+        &r,
+        POOL_DISCARDED,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Idle pooled upstream connections closed unused, by reason.",
+    );
+    for reason in Discard::ALL {
+        let key = Key::from_parts(POOL_DISCARDED, vec![Label::new("reason", reason.as_str())]);
+        set(&r, Kind::Counter, key, s.pool.discarded(reason) as f64);
     }
     for m in PER_ENDPOINT {
         describe(&r, m.name, m.kind, m.unit, m.help);
@@ -415,6 +420,26 @@ mod tests {
                 out.lines().any(|l| l.starts_with(&format!("{name} "))),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn pool_discards_come_from_the_shared_pool_one_reason_each() {
+        let mut s = StatsSnapshot::default();
+        s.pool.idle = 7;
+        s.pool.discarded[Discard::Flushed as usize] = 3;
+        let out = render(&s, &Window::default());
+        assert!(
+            out.contains("\nsssonector_pool_idle_connections 7\n"),
+            "{out}"
+        );
+        for reason in Discard::ALL {
+            let want = if reason == Discard::Flushed { 3 } else { 0 };
+            let line = format!(
+                "sssonector_pool_discarded_total{{reason=\"{}\"}} {want}\n",
+                reason.as_str()
+            );
+            assert!(out.contains(&line), "{line}{out}");
         }
     }
 

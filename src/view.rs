@@ -28,6 +28,8 @@ impl ProxyView {
         let shared = &self.shared;
         s.admitted = shared.admission.active() as u64;
         s.queued = shared.admission.queued() as u64;
+        s.pool = shared.pool.stats();
+        let idle = shared.pool.idle_per_endpoint();
         s.draining = shared.draining() || shared.stopping();
         let now = monotonic_ms();
         let t = &shared.endpoints;
@@ -43,7 +45,7 @@ impl ProxyView {
                     up: t.is_up(id),
                     active: e.active.load(Ordering::Relaxed) as u64,
                     probes_failed: e.probes_failed.load(Ordering::Relaxed),
-                    idle: counted.idle,
+                    idle: idle.get(id).map_or(0, |&n| n as u64),
                     sessions_total: counted.sessions,
                     bytes_to: counted.bytes_to,
                     bytes_from: counted.bytes_from,

@@ -22,7 +22,7 @@ use crate::metrics::{
     EndpointCounters, PublishedCounters, StatsSnapshot, WorkerCounters, WorkerHistograms,
 };
 use crate::reload::{LiveConfig, Reloader};
-use crate::upstream::{self, EndpointTable, IdleConn, WarmPool};
+use crate::upstream::{self, keeper, Discard, EndpointTable, WarmPool};
 use crate::uring::{self, sys, OpKind, Ring, Token};
 use crate::view::ProxyView;
 
@@ -30,8 +30,6 @@ use crate::view::ProxyView;
 const RING_ENTRIES: u32 = 4096;
 /// How often a worker publishes its counters, refills its pool and checks endpoint health.
 const TICK: Duration = Duration::from_millis(100);
-/// Pool dials one endpoint may start per tick (a burst of refills is spread out).
-const REFILL_PER_TICK: usize = 32;
 /// How long a stopping worker waits for zero-copy notifications of closed sessions.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Slab key used by ops that belong to the worker, not to a session.
@@ -47,6 +45,8 @@ pub(crate) struct Shared {
     wake_fds: Vec<OwnedFd>,
     pub admission: Admission,
     pub endpoints: EndpointTable,
+    /// The warm pool, shared by every worker; its keeper thread watches it.
+    pub pool: WarmPool,
     /// The settings workers apply, replaced by a reload; `live_generation` tells a worker
     /// that it has not applied the latest yet.
     pub live: Mutex<Arc<LiveConfig>>,
@@ -86,6 +86,27 @@ impl Shared {
         for i in 0..self.wake_fds.len() {
             self.wake(i);
         }
+        self.pool.wake_keeper();
+    }
+}
+
+impl keeper::KeeperHost for Shared {
+    fn pool(&self) -> &WarmPool {
+        &self.pool
+    }
+
+    fn endpoints(&self) -> &EndpointTable {
+        &self.endpoints
+    }
+
+    fn stopping(&self) -> bool {
+        Shared::stopping(self)
+    }
+
+    fn wake_worker(&self, n: usize) {
+        if !self.wake_fds.is_empty() {
+            self.wake(n % self.wake_fds.len());
+        }
     }
 }
 
@@ -108,7 +129,8 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
     pub send_mode: SendMode,
     pub pool_enabled: bool,
-    pub idle_timeout: Duration,
+    /// Sessions without traffic for this long are closed; `None`: never.
+    pub session_idle_timeout: Option<Duration>,
     pub queue_timeout: Duration,
     pub max_retries: u32,
     pub retry_interval: Duration,
@@ -128,13 +150,14 @@ pub(crate) struct Worker {
     pub waiters: VecDeque<(usize, u32, usize)>,
     pub counters: WorkerCounters,
     histograms: WorkerHistograms,
-    /// Per endpoint id (as many as the pool knows).
+    /// Per endpoint id (as many as this worker knows).
     pub(crate) endpoint_counters: Vec<EndpointCounters>,
     pub(crate) log_limits: LogLimits,
     /// Client addresses by slab key, kept only while debug logging is on (a closed or
     /// reset socket no longer has a peer address to ask for).
     pub(crate) debug_peers: HashMap<usize, SocketAddr>,
-    pub(crate) pool: WarmPool,
+    /// This worker's pool dials in flight (table entries that are no session).
+    pool_dialing: usize,
     /// The [`Shared::live_generation`] this worker applied last.
     pub(crate) live_generation: u64,
     /// Queued clients of this worker, oldest first (for the queue timeout).
@@ -151,9 +174,8 @@ pub(crate) struct Worker {
     /// Milliseconds since `started`, read once per completion batch.
     pub now_ms: u64,
     pub(crate) next_sweep: Instant,
-    /// Scratch: workers to wake after an admission call, fds to close.
+    /// Scratch: workers to wake after an admission call.
     pub(crate) woken: Vec<usize>,
-    pub(crate) fds: Vec<RawFd>,
 }
 
 impl Worker {
@@ -287,7 +309,6 @@ impl Worker {
                     self.arm_accept(i);
                 }
             }
-            self.flush_down_endpoints();
             if self.now >= self.next_sweep {
                 self.next_sweep = self.now + self.settings.sweep_every;
                 self.sweep();
@@ -316,7 +337,6 @@ impl Worker {
         for t in grants {
             self.on_grant(t);
         }
-        self.flush_down_endpoints();
         self.refill();
         if res != -libc::ECANCELED {
             self.ring
@@ -338,13 +358,11 @@ impl Worker {
         for (key, gen) in self.table.keys() {
             self.begin_close(key, gen, false);
         }
-        self.pool.drain_all(&mut self.fds);
-        self.close_fds();
     }
 
-    /// Drain: stops accepting for good (a connect to the port is refused from now on)
-    /// and closes the idle pool; sessions in flight go on, and the worker stops when the
-    /// last one ends (`on_tick`).
+    /// Drain: stops accepting for good (a connect to the port is refused from now on);
+    /// sessions in flight go on, and the worker stops when the last one ends (`on_tick`).
+    /// The shared warm pool was closed by the trigger, so nothing refills it.
     fn close_listeners(&mut self) {
         if self.listeners_closed {
             return;
@@ -355,8 +373,6 @@ impl Worker {
             // accept completes with an error); close() would wait for the accept op.
             sys::shutdown_listener(l.fd.as_raw_fd());
         }
-        self.pool.drain_all(&mut self.fds);
-        self.close_fds();
     }
 
     pub(crate) fn shared_endpoint_addr(&self, ep: usize) -> SocketAddr {
@@ -365,7 +381,7 @@ impl Worker {
 
     /// Entries that have a client (pool dials have none).
     fn client_sessions(&self) -> usize {
-        self.table.len().saturating_sub(self.pool.total_dialing())
+        self.table.len().saturating_sub(self.pool_dialing)
     }
 
     fn publish(&mut self) {
@@ -376,19 +392,11 @@ impl Worker {
         self.counters.buffer_allocations = b.allocations();
         // Every pool dial is a table entry until it joins the pool.
         self.counters.sessions_active = self.client_sessions() as u64;
-        self.counters.pool_idle = self.pool.total_idle() as u64;
-        for (ep, c) in self.endpoint_counters.iter_mut().enumerate() {
-            c.idle = self.pool.idle(ep) as u64;
+        for (ep, c) in self.endpoint_counters.iter().enumerate() {
             self.published.publish_endpoint(ep, c);
         }
         self.published.publish_histograms(&self.histograms);
         self.published.publish(&self.counters);
-    }
-
-    pub(crate) fn close_fds(&mut self) {
-        for fd in self.fds.drain(..) {
-            sys::close(fd, false);
-        }
     }
 
     pub(crate) fn wake_granted(&mut self) {
@@ -486,25 +494,34 @@ impl Worker {
         ) else {
             return self.retry_later(key, gen);
         };
-        self.pool.record_demand(ep);
         if let Some(s) = self.table.get_mut(key, gen) {
             s.endpoint = ep as u16;
         }
         if self.settings.pool_enabled {
-            while let Some(conn) = self.pool.take(ep) {
-                if sys::peek_alive(conn.fd) {
-                    self.counters.pool_hits += 1;
-                    if let Some(s) = self.table.get_mut(key, gen) {
-                        s.upstream_fd = conn.fd;
-                    }
-                    return self.activate(key, gen);
+            let pool = &self.shared.pool;
+            // The session's demand counts once, however many dead ones are skipped.
+            let mut first = true;
+            while let Some(conn) = pool.take(ep, self.now, std::mem::take(&mut first)) {
+                // The keeper's watch may not have reported a close yet: a FIN or RST
+                // behind a queued greeting must not reach the client.
+                if !sys::tcp_established(conn.fd.as_raw_fd()) {
+                    pool.count_discard(Discard::DeadAtHandoff, 1);
+                    upstream::close_unused(conn.fd);
+                    continue;
                 }
-                self.counters.pool_dead += 1;
-                sys::close(conn.fd, false);
+                self.counters.pool_hits += 1;
+                if let Some(s) = self.table.get_mut(key, gen) {
+                    s.upstream_fd = conn.fd.into_raw_fd();
+                }
+                self.activate(key, gen);
+                // Replace it now, not on the next tick: a steady stream of clients
+                // would drain the pool between ticks.
+                return self.refill_endpoint(ep);
             }
             self.counters.pool_misses += 1;
         }
         self.dial(key, gen, ep);
+        self.refill_endpoint(ep);
     }
 
     /// Starts a dial of endpoint `ep` for entry `key` (a client's or the pool's).
@@ -660,7 +677,11 @@ impl Worker {
         let fd = std::mem::replace(&mut s.upstream_fd, -1);
         sys::close(fd, false);
         if state == State::PoolDial {
-            self.pool
+            // The reservation is over; finalize must not end it a second time.
+            s.endpoint = NO_ENDPOINT;
+            self.pool_dialing -= 1;
+            self.shared
+                .pool
                 .dial_failed(ep, self.now + self.settings.retry_interval);
             return self.begin_close(key, gen, false);
         }
@@ -753,18 +774,17 @@ impl Worker {
             State::PoolReady => {
                 let s = self.table.remove(key);
                 let ep = s.endpoint as usize;
-                self.pool.dial_ended(ep);
-                if self.stopping || !self.shared.endpoints.is_up(ep) || !self.settings.pool_enabled
-                {
-                    sys::close(s.upstream_fd, false);
-                } else {
-                    self.pool.put(
-                        ep,
-                        IdleConn {
-                            fd: s.upstream_fd,
-                            since: self.now,
-                        },
-                    );
+                self.pool_dialing -= 1;
+                // The entry owned the fd and none of its ops is in flight (ops == 0):
+                // from here the pool owns it.
+                let fd = sys::own_fd(s.upstream_fd);
+                // Read before the health flag: a flush after this refuses the put.
+                let epoch = self.shared.endpoints.down_epoch(ep);
+                if self.stopping || !self.shared.endpoints.is_up(ep) {
+                    self.shared.pool.dial_ended(ep);
+                    upstream::close_unused(fd);
+                } else if let Err(fd) = self.shared.pool.put(ep, fd, self.now, epoch) {
+                    upstream::close_unused(fd);
                 }
             }
             _ => {}
@@ -797,8 +817,9 @@ impl Worker {
                 .active
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        if s.client_fd < 0 {
-            self.pool.dial_ended(ep);
+        if s.client_fd < 0 && s.endpoint != NO_ENDPOINT {
+            self.pool_dialing -= 1;
+            self.shared.pool.dial_ended(ep);
         }
         if s.permit {
             self.shared.admission.release(&mut self.woken);
@@ -821,45 +842,19 @@ impl Worker {
         tracing::debug!(%client, %upstream, lived_ms, reset = s.reset, "session closed");
     }
 
-    /// Closes the idle connections of endpoints that went down since the last look.
-    pub(crate) fn flush_down_endpoints(&mut self) {
-        for ep in 0..self.pool.endpoints() {
-            let epoch = self.shared.endpoints.down_epoch(ep);
-            let before = self.fds.len();
-            if self.pool.flush_if_went_down(ep, epoch, &mut self.fds) {
-                self.counters.pool_flushed += (self.fds.len() - before) as u64;
-            }
-        }
-        self.close_fds();
-    }
-
-    /// Expires and checks idle pooled connections, closes inactive sessions and clients
-    /// that waited past the queue timeout.
+    /// Closes inactive sessions and clients that waited past the queue timeout (the
+    /// pool keeper looks after idle pooled connections).
     fn sweep(&mut self) {
-        let now = self.now;
-        self.pool.rotate(now);
-        for ep in 0..self.pool.endpoints() {
-            let before = self.fds.len();
-            self.pool
-                .expire(ep, now, self.settings.idle_timeout, &mut self.fds);
-            self.counters.pool_expired += (self.fds.len() - before) as u64;
-            let before = self.fds.len();
-            self.pool.retain(ep, sys::peek_alive, &mut self.fds);
-            self.counters.pool_dead += (self.fds.len() - before) as u64;
-        }
-        self.close_fds();
-
-        let idle_ms = self.settings.idle_timeout.as_millis() as u64;
-        while let Some((key, gen, last)) = self.table.oldest_active() {
-            if last + idle_ms > self.now_ms {
-                break;
+        if let Some(timeout) = self.settings.session_idle_timeout {
+            let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            while let Some((key, gen, last)) = self.table.oldest_active() {
+                if last.saturating_add(idle_ms) > self.now_ms {
+                    break;
+                }
+                self.counters.session_timeouts += 1;
+                tracing::debug!("client: session closed after {timeout:?} without traffic");
+                self.begin_close(key, gen, false);
             }
-            self.counters.session_timeouts += 1;
-            tracing::debug!(
-                "client: session closed after {:?} without traffic",
-                self.settings.idle_timeout
-            );
-            self.begin_close(key, gen, false);
         }
 
         let queue_ms = self.settings.queue_timeout.as_millis() as u64;
@@ -887,22 +882,37 @@ impl Worker {
 
     /// Dials healthy endpoints up to their pool targets.
     pub(crate) fn refill(&mut self) {
-        if !self.settings.pool_enabled || self.stopping || self.listeners_closed {
+        // The endpoints this worker knows: a reload may have grown the table meanwhile.
+        for ep in 0..self.ring.endpoints() {
+            self.refill_endpoint(ep);
+        }
+    }
+
+    /// Dials `ep` up to its pool target (the reservation is shared by every worker, so
+    /// workers never dial the same deficit twice).
+    fn refill_endpoint(&mut self, ep: usize) {
+        if !self.settings.pool_enabled
+            || self.stopping
+            || self.listeners_closed
+            || !self.shared.endpoints.is_up(ep)
+        {
             return;
         }
-        for ep in 0..self.pool.endpoints() {
-            if !self.shared.endpoints.is_up(ep) {
+        let n = self
+            .shared
+            .pool
+            .reserve_dials(ep, self.now, upstream::MAX_POOL_DIALS);
+        for _ in 0..n {
+            let Some((key, gen)) = self.table.insert(-1, 0, State::PoolDial, self.now_ms) else {
+                self.shared.pool.dial_ended(ep);
                 continue;
+            };
+            if let Some(s) = self.table.get_mut(key, gen) {
+                s.endpoint = ep as u16;
             }
-            for _ in 0..self.pool.deficit(ep, self.now).min(REFILL_PER_TICK) {
-                let Some((key, gen)) = self.table.insert(-1, 0, State::PoolDial, self.now_ms)
-                else {
-                    return;
-                };
-                self.pool.dial_started(ep);
-                self.counters.pool_dials += 1;
-                self.dial(key, gen, ep);
-            }
+            self.pool_dialing += 1;
+            self.counters.pool_dials += 1;
+            self.dial(key, gen, ep);
         }
     }
 
@@ -925,6 +935,9 @@ impl Worker {
     }
 }
 
+/// `Session::endpoint` of a pool dial whose reservation was already given back.
+const NO_ENDPOINT: u16 = u16::MAX;
+
 /// The smallest send `send_mode: auto` makes zero-copy.
 const ZEROCOPY_MIN: usize = 16 * 1024;
 
@@ -932,6 +945,7 @@ const ZEROCOPY_MIN: usize = 16 * 1024;
 pub struct ProxyHandle {
     threads: Vec<JoinHandle<Result<(), ProxyError>>>,
     prober: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     view: ProxyView,
     admin: Option<AdminServer>,
@@ -996,12 +1010,17 @@ impl ProxyHandle {
         }
         // The workers are gone: the prober and the admin server stop too.
         self.shutdown_trigger().trigger();
-        if let Some(p) = self.prober.take() {
-            let _ = p.join();
+        for t in [self.prober.take(), self.keeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.join();
         }
         if let Some(admin) = self.admin.take() {
             admin.stop();
         }
+        // Without a keeper (pool disabled, or a failed start) nothing else closes it.
+        self.shared.pool.close();
         result
     }
 
@@ -1026,11 +1045,13 @@ impl ShutdownTrigger {
         self.shared.draining.store(true, Ordering::Release);
     }
 
-    /// Drain, second step: listeners close, idle pools close, sessions in flight finish;
-    /// each worker stops when its last session ends.
+    /// Drain, second step: listeners close, the warm pool closes (its idle connections
+    /// are closed and nothing joins it any more), sessions in flight finish; each worker
+    /// stops when its last session ends.
     pub fn close_listeners(&self) {
         self.begin_drain();
         self.shared.close_listeners.store(true, Ordering::Release);
+        self.shared.pool.close();
         self.shared.wake_all();
     }
 
@@ -1048,7 +1069,7 @@ impl Settings {
             max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
             send_mode: conn.buffer.send_mode,
             pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
-            idle_timeout: conn.pool.idle_timeout,
+            session_idle_timeout: conn.session.idle_limit(),
             queue_timeout: conn.pool.queue_timeout,
             max_retries: conn.pool.max_retries,
             retry_interval: conn.pool.retry_interval,
@@ -1063,6 +1084,9 @@ impl Settings {
 fn sweep_period(config: &Config) -> Duration {
     let c = &config.connection;
     let mut shortest = c.pool.idle_timeout.min(c.pool.queue_timeout);
+    if let Some(session) = c.session.idle_limit() {
+        shortest = shortest.min(session);
+    }
     if c.health_check.enabled {
         shortest = shortest.min(c.health_check.interval);
     }
@@ -1122,6 +1146,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         wake_fds.push(sys::eventfd().map_err(internal("cannot create an eventfd".into()))?);
     }
     let wake_raw: Vec<RawFd> = wake_fds.iter().map(|f| f.as_raw_fd()).collect();
+    let pool_enabled = conn.pool.enabled && conn.pool.max_idle > 0;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         draining: AtomicBool::new(false),
@@ -1137,6 +1162,14 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             conn.health_check.rise,
             conn.health_check.fall,
         ),
+        pool: WarmPool::new(
+            endpoint_addrs.len(),
+            if pool_enabled { conn.pool.max_idle } else { 0 },
+            conn.pool.idle_timeout,
+            conn.pool.retry_interval,
+            Instant::now(),
+        )
+        .map_err(internal("cannot set up the warm pool's watch".into()))?,
         live: Mutex::new(Arc::new(LiveConfig::new(
             &config,
             listener_endpoints.clone(),
@@ -1207,7 +1240,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     ring,
                     table: ConnTable::default(),
                     listeners,
-                    pool: WarmPool::new(endpoint_addrs.len(), index, workers, pool_cfg.max_idle, pool_cfg.idle_timeout, now),
+                    pool_dialing: 0,
                     live_generation: 0,
                     settings,
                     waiters: VecDeque::new(),
@@ -1228,7 +1261,6 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     now_ms: 0,
                     next_sweep: now,
                     woken: Vec::new(),
-                    fds: Vec::new(),
                 };
                 worker.run()
             })
@@ -1239,6 +1271,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     let mut handle = ProxyHandle {
         threads,
         prober: None,
+        keeper: None,
         shared: shared.clone(),
         view: ProxyView {
             shared: shared.clone(),
@@ -1259,9 +1292,22 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             Err(_) => break,
         }
     }
-    // Always running: a reload may turn health checks on; it idles while they are off.
-    handle.prober = Some(
-        crate::health::spawn(shared).map_err(internal("cannot spawn the health prober".into()))?,
-    );
+    // A control thread that cannot start stops the workers already running: a proxy
+    // without its pool keeper or prober is not the one configured. Both always run: a
+    // reload may turn the pool or health checks on; they idle while off.
+    match keeper::spawn(shared.clone()) {
+        Ok(t) => handle.keeper = Some(t),
+        Err(e) => {
+            let _ = handle.shutdown();
+            return Err(internal("cannot spawn the pool keeper".into())(e));
+        }
+    }
+    match crate::health::spawn(shared) {
+        Ok(t) => handle.prober = Some(t),
+        Err(e) => {
+            let _ = handle.shutdown();
+            return Err(internal("cannot spawn the health prober".into())(e));
+        }
+    }
     Ok(handle)
 }

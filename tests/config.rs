@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sssonector::config::{
     Balance, BufferConfig, ConnectionConfig, HealthCheckConfig, MonitoringConfig, PoolConfig,
-    SendMode, Workers, DEMO_CONFIG,
+    SendMode, SessionConfig, Workers, DEMO_CONFIG,
 };
 use sssonector::{Config, ConfigError};
 
@@ -43,6 +43,9 @@ fn spec_defaults() -> ConnectionConfig {
             queue_timeout: secs(10),
             max_queued: 1000,
             balance: Balance::RoundRobin,
+        },
+        session: SessionConfig {
+            idle_timeout: secs(3600),
         },
         health_check: HealthCheckConfig {
             enabled: true,
@@ -262,28 +265,12 @@ fn single_upstream_string() {
 }
 
 #[test]
-fn durations() {
-    for (text, want) in [
-        ("500ms", Duration::from_millis(500)),
-        ("5s", secs(5)),
-        ("5m", secs(300)),
-        ("1h", secs(3600)),
-        ("1h30m", secs(5400)),
-        ("1m 30s", secs(90)),
-        ("\"2s\"", secs(2)),
-    ] {
-        let c = parse_with_listener(&format!("connection:\n  pool:\n    idle_timeout: {text}\n"));
-        assert_eq!(c.connection.pool.idle_timeout, want, "{text}");
-    }
-}
-
-#[test]
-fn effective_yaml_round_trips_and_uses_humantime() {
+fn effective_yaml_round_trips_in_go_syntax() {
     let c = parse_with_listener(
         "workers: 3\nconnection:\n  pool:\n    idle_timeout: 90s\n  health_check:\n    timeout: 500ms\n",
     );
     let yaml = c.to_effective_yaml();
-    assert!(yaml.contains("idle_timeout: 1m 30s"), "{yaml}");
+    assert!(yaml.contains("idle_timeout: 1m30s"), "{yaml}");
     assert!(yaml.contains("timeout: 500ms"), "{yaml}");
     assert!(yaml.contains("workers: 3"), "{yaml}");
     assert!(!yaml.contains("secs"), "{yaml}");
@@ -448,305 +435,114 @@ fn cli_check_with_flags_only() {
     assert!(stdout.contains("workers: 2"), "{stdout}");
 }
 
-/// An invalid config: the text, and what stderr must contain (key, and line where the
-/// error is in the file).
-struct Bad {
-    what: &'static str,
-    text: String,
-    expect: Vec<&'static str>,
-}
-
-fn bad(what: &'static str, text: &str, expect: &[&'static str]) -> Bad {
-    Bad {
-        what,
-        text: text.to_string(),
-        expect: expect.to_vec(),
-    }
-}
-
-/// `connection:` text after the standard listener (which takes lines 1-5).
-fn bad_conn(what: &'static str, connection: &str, expect: &[&'static str]) -> Bad {
-    Bad {
-        what,
-        text: format!("{LISTENER}{connection}"),
-        expect: expect.to_vec(),
-    }
-}
-
-const TWO: &str = "\
-listeners:
-  - name: a
-    listen: 127.0.0.1:8443
-    upstreams: [127.0.0.1:9000]
-  - name: b
-    listen: 127.0.0.1:8444
-    upstreams: [127.0.0.1:9001]
-";
-
-fn invalid_cases() -> Vec<Bad> {
-    vec![
-        bad("empty file", "", &["(top level)", "empty"]),
-        bad("comments only", "# nothing\n\n", &["(top level)", "empty"]),
-        bad("top-level sequence", "- a\n- b\n", &["(top level) (line 1)", "mapping"]),
-        bad("top-level scalar", "# c\nhello\n", &["(top level) (line 2)", "mapping"]),
-        bad("YAML syntax", "listeners: [a\n", &["YAML syntax error (line"]),
-        bad("duplicate key", "workers: 1\nworkers: 2\n", &["YAML syntax error", "duplicate"]),
-        bad("unknown top-level key", "listners: []\n", &["listners (line 1)", "unknown field"]),
-        bad_conn(
-            "unknown pool key",
-            "connection:\n  pool:\n    max_idel: 5\n",
-            &["connection.pool.max_idel (line 8)", "unknown field"],
-        ),
-        bad_conn(
-            "unknown health_check key",
-            "connection:\n  health_check:\n    intervall: 5s\n",
-            &["connection.health_check.intervall (line 8)"],
-        ),
-        bad_conn(
-            "unknown connection section",
-            "connection:\n  pools:\n    enabled: true\n",
-            &["connection.pools (line 7)"],
-        ),
-        bad(
-            "unknown listener key",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstream: [127.0.0.1:2]\n",
-            &["listeners[0].upstream (line 4)", "unknown field"],
-        ),
-        bad("no listeners", "connection:\n  pool:\n    enabled: true\n", &["listeners", "at least one listener"]),
-        bad("empty listener list", "workers: 2\nlisteners: []\n", &["listeners (line 2)"]),
-        bad(
-            "listener without listen",
-            "listeners:\n  - name: a\n    upstreams: [127.0.0.1:2]\n",
-            &["listeners[0] (line 2)", "missing field `listen`"],
-        ),
-        bad(
-            "listener without name",
-            "listeners:\n  - listen: 127.0.0.1:1\n    upstreams: [127.0.0.1:2]\n",
-            &["listeners[0]", "missing field `name`"],
-        ),
-        bad(
-            "bad listen address",
-            "listeners:\n  - name: a\n    listen: localhost\n    upstreams: [127.0.0.1:2]\n",
-            &["listeners[0].listen (line 3)"],
-        ),
-        bad(
-            "empty name",
-            "listeners:\n  - name: \"\"\n    listen: 127.0.0.1:1\n    upstreams: [127.0.0.1:2]\n",
-            &["listeners[0].name (line 2)", "non-empty"],
-        ),
-        bad(
-            "duplicate name",
-            &TWO.replace("name: b", "name: a"),
-            &["listeners[1].name (line 5)", "duplicate"],
-        ),
-        bad(
-            "duplicate listen address",
-            &TWO.replace("8444", "8443"),
-            &["listeners[1].listen (line 6)", "overlaps"],
-        ),
-        bad(
-            "wildcard listen overlap",
-            &TWO.replace("127.0.0.1:8444", "0.0.0.0:8443"),
-            &["listeners[1].listen (line 6)", "overlaps"],
-        ),
-        bad(
-            "no upstreams",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: []\n",
-            &["listeners[0].upstreams (line 4)", "at least one upstream"],
-        ),
-        bad(
-            "upstreams of the wrong type",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: {a: 1}\n",
-            &["listeners[0].upstreams (line 4)", "host:port"],
-        ),
-        bad(
-            "upstream without port",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - 127.0.0.1\n",
-            &["listeners[0].upstreams[0] (line 5)", "host:port"],
-        ),
-        bad(
-            "upstream port 0",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - 127.0.0.1:2\n      - 127.0.0.1:0\n",
-            &["listeners[0].upstreams[1] (line 6)", "port"],
-        ),
-        bad(
-            "unresolvable upstream",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - no-such-host.invalid:80\n",
-            &["listeners[0].upstreams[0] (line 5)", "cannot resolve"],
-        ),
-        bad(
-            "duplicate upstream",
-            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - 127.0.0.1:2\n      - 127.0.0.1:2\n",
-            &["listeners[0].upstreams[1] (line 6)", "duplicate"],
-        ),
-        bad_conn(
-            "buffer too small",
-            "connection:\n  buffer:\n    size: 100\n",
-            &["connection.buffer.size (line 8): 4096..1048576 expected, got 100"],
-        ),
-        bad_conn(
-            "buffer too large",
-            "connection:\n  buffer:\n    size: 2097152\n",
-            &["connection.buffer.size (line 8)", "got 2097152"],
-        ),
-        bad_conn(
-            "max_pool_size 0",
-            "connection:\n  buffer:\n    max_pool_size: 0\n",
-            &["connection.buffer.max_pool_size (line 8)"],
-        ),
-        bad_conn(
-            "max_in_flight out of range",
-            "connection:\n  buffer:\n    max_in_flight: 17\n",
-            &["connection.buffer.max_in_flight (line 8)", "1..16"],
-        ),
-        bad_conn(
-            "unknown send_mode",
-            "connection:\n  buffer:\n    send_mode: turbo\n",
-            &["connection.buffer.send_mode (line 8)", "unknown variant"],
-        ),
-        bad_conn(
-            "max_idle above max_active",
-            "connection:\n  pool:\n    max_idle: 2000\n    max_active: 1000\n",
-            &["connection.pool.max_idle (line 8)", "must not exceed"],
-        ),
-        bad_conn(
-            "max_active below default max_idle",
-            "connection:\n  pool:\n    max_active: 50\n",
-            &["connection.pool.max_active (line 8)", "max_idle (100"],
-        ),
-        bad_conn(
-            "max_active 0",
-            "connection:\n  pool:\n    max_idle: 0\n    max_active: 0\n",
-            &["connection.pool.max_active (line 9)"],
-        ),
-        bad_conn(
-            "zero idle_timeout",
-            "connection:\n  pool:\n    idle_timeout: 0s\n",
-            &["connection.pool.idle_timeout (line 8)", "non-zero"],
-        ),
-        bad_conn(
-            "bad duration unit",
-            "connection:\n  pool:\n    retry_interval: 5x\n",
-            &["connection.pool.retry_interval (line 8)", "unknown time unit"],
-        ),
-        bad_conn(
-            "duration without unit",
-            "connection:\n  health_check:\n    interval: 30\n",
-            &["connection.health_check.interval (line 8)", "unit"],
-        ),
-        bad_conn(
-            "health timeout not below interval",
-            "connection:\n  health_check:\n    interval: 2s\n    timeout: 5s\n",
-            &["connection.health_check.timeout (line 9)", "shorter"],
-        ),
-        bad_conn(
-            "health rise 0",
-            "connection:\n  health_check:\n    rise: 0\n",
-            &["connection.health_check.rise (line 8)"],
-        ),
-        bad_conn(
-            "zero metrics_interval",
-            "connection:\n  monitoring:\n    metrics_interval: 0ms\n",
-            &["connection.monitoring.metrics_interval (line 8)"],
-        ),
-        bad_conn(
-            "admin address on a listener's port",
-            "connection:\n  monitoring:\n    listen: 127.0.0.1:8443\n",
-            &["connection.monitoring.listen (line 8)", "overlaps"],
-        ),
-        bad_conn(
-            "negative number",
-            "connection:\n  pool:\n    max_retries: -1\n",
-            &["connection.pool.max_retries (line 8)", "-1"],
-        ),
-        bad_conn(
-            "wrong type: string for bool",
-            "connection:\n  pool:\n    enabled: sometimes\n",
-            &["connection.pool.enabled (line 8)", "invalid type"],
-        ),
-        bad_conn(
-            "wrong type: sequence for number",
-            "connection:\n  buffer:\n    size: [1]\n",
-            &["connection.buffer.size (line 8)", "invalid type"],
-        ),
-        bad_conn(
-            "wrong type: scalar for section",
-            "connection:\n  pool: yes\n",
-            &["connection.pool (line 7)", "expected a mapping"],
-        ),
-        bad_conn("workers 0", "workers: 0\n", &["workers (line 6)", "1..1024"]),
-        bad_conn("workers too many", "workers: 5000\n", &["workers (line 6)", "1..1024"]),
-        bad_conn("workers word", "workers: many\n", &["workers (line 6)", "auto"]),
-    ]
-}
-
+/// Every Go duration form a spec user writes, through a config key, and what it means.
 #[test]
-fn cli_rejects_invalid_configs_with_key_and_line() {
-    let cases = invalid_cases();
-    assert!(cases.len() >= 20);
-    let mut failures = Vec::new();
-    for case in &cases {
-        let file = temp_config(&case.text);
-        let out = check_file(file.path());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let ok = out.status.code() == Some(2)
-            && !stderr.contains("panicked")
-            && case.expect.iter().all(|e| stderr.contains(e));
-        if !ok {
-            failures.push(format!(
-                "{}: exit {:?}, stderr: {stderr}  expected: {:?}",
-                case.what,
-                out.status.code(),
-                case.expect
-            ));
+fn go_durations_accepted() {
+    for (text, want) in [
+        ("300ms", Duration::from_millis(300)),
+        ("5s", secs(5)),
+        ("5m", secs(300)),
+        ("1h", secs(3600)),
+        ("1.5h", secs(5400)),
+        ("2h45m", secs(9900)),
+        (".5s", Duration::from_millis(500)),
+        ("1h0m0s", secs(3600)),
+        ("1m30s", secs(90)),
+        ("1.5ms", Duration::from_micros(1500)),
+        ("250us", Duration::from_micros(250)),
+        ("250µs", Duration::from_micros(250)),
+        ("\"2s\"", secs(2)),
+        ("+10s", secs(10)),
+    ] {
+        let c = parse_with_listener(&format!("connection:\n  pool:\n    idle_timeout: {text}\n"));
+        assert_eq!(c.connection.pool.idle_timeout, want, "{text}");
+    }
+}
+
+/// Forms Go refuses, or that mean something else in Go, refused with the valid units.
+#[test]
+fn go_durations_refused() {
+    for (text, why) in [
+        ("5M", "`M` is not minutes"),
+        ("1d", "no day unit; write 24h"),
+        ("1y", "no year unit; write 8760h"),
+        ("2w", "168h"),
+        ("5 m", "no spaces"),
+        ("1m 30s", "no spaces"),
+        ("5sec", "write `s`"),
+        ("5min", "write `m`"),
+        ("1hour", "write `h`"),
+        ("5S", "lower case"),
+        ("5x", "unknown unit `x`"),
+        ("30", "a unit is required"),
+        ("1.5", "a unit is required"),
+        ("-5s", "cannot be negative"),
+        ("s", "a number expected"),
+        ("3000000h", "too long"),
+    ] {
+        let text_yaml = format!("{LISTENER}connection:\n  pool:\n    idle_timeout: {text}\n");
+        match Config::parse(&text_yaml) {
+            Ok(c) => panic!("`{text}` accepted as {:?}", c.connection.pool.idle_timeout),
+            Err(ConfigError::Invalid { key, line, message }) => {
+                assert_eq!(key, "connection.pool.idle_timeout", "{text}");
+                assert_eq!(line, Some(8), "{text}");
+                assert!(message.contains(why), "`{text}`: {message}");
+                assert!(
+                    message.contains(&format!("`{text}`")),
+                    "`{text}`: {message}"
+                );
+                if why != "cannot be negative" && why != "too long" {
+                    assert!(
+                        message.contains("ns, us (or µs), ms, s, m, h"),
+                        "`{text}`: {message}"
+                    );
+                }
+            }
+            Err(other) => panic!("`{text}`: {other}"),
         }
     }
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// A plain `0` is zero: "off" for the session timeout, an error for a timeout that
+/// cannot be zero.
 #[test]
-fn cli_rejects_bad_flags() {
-    let cases: &[(&[&str], &str)] = &[
-        (&["check"], "listeners"),
-        (
-            &["check", "--listen", "nonsense", "--upstream", "127.0.0.1:1"],
-            "--listen",
-        ),
-        (
-            &["check", "--listen", "127.0.0.1:1", "--upstream", "nohost"],
-            "--upstream",
-        ),
-        (&["check", "--upstream", "127.0.0.1:1"], "--upstream"),
-        (
-            &[
-                "check",
-                "--listen",
-                "127.0.0.1:1",
-                "--upstream",
-                "127.0.0.1:2",
-                "--workers",
-                "0",
-            ],
-            "--workers",
-        ),
-        (
-            &["check", "--config", "/nonexistent/sssonector.yaml"],
-            "cannot read config file",
-        ),
-    ];
-    for (args, key) in cases {
-        let out = sssonector(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(key), "{args:?}: `{key}` not in {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+fn zero_durations() {
+    let c = parse_with_listener("connection:\n  session:\n    idle_timeout: 0\n");
+    assert_eq!(c.connection.session.idle_limit(), None);
+    let c = parse_with_listener("connection:\n  session:\n    idle_timeout: 0s\n");
+    assert_eq!(c.connection.session.idle_limit(), None);
+    assert_eq!(
+        parse_with_listener("").connection.session.idle_limit(),
+        Some(secs(3600))
+    );
+    let yaml =
+        parse_with_listener("connection:\n  session:\n    idle_timeout: 0\n").to_effective_yaml();
+    assert!(yaml.contains("idle_timeout: 0s"), "{yaml}");
+    assert!(yaml.contains("never closed for inactivity"), "{yaml}");
+    for key in ["pool:\n    idle_timeout", "health_check:\n    interval"] {
+        let text = format!("{LISTENER}connection:\n  {key}: 0\n");
+        let err = Config::parse(&text).expect_err(key);
+        assert!(err.to_string().contains("non-zero"), "{key}: {err}");
     }
 }
 
+/// `listen` takes what HAProxy and nginx users write, and check prints the address used.
 #[test]
-fn errors_name_the_file() {
-    let file = temp_config("workers: 0\n");
-    let out = check_file(file.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&*file.path().to_string_lossy()), "{stderr}");
+fn listen_forms() {
+    for (text, want) in [
+        ("127.0.0.1:8443", "127.0.0.1:8443"),
+        ("\":8443\"", "0.0.0.0:8443"),
+        ("\"*:8443\"", "0.0.0.0:8443"),
+        ("\"[::1]:8443\"", "[::1]:8443"),
+        ("localhost:8443", "127.0.0.1:8443"),
+    ] {
+        let c = Config::parse(&format!(
+            "listeners:\n  - name: a\n    listen: {text}\n    upstreams: [127.0.0.1:1]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(c.listeners[0].listen, addr(want), "{text}");
+    }
+    let c = Config::from_cli(None, Some(":8000"), &["127.0.0.1:1".into()], None)
+        .expect("--listen :8000");
+    assert_eq!(c.listeners[0].listen, addr("0.0.0.0:8000"));
 }

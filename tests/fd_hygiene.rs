@@ -22,15 +22,20 @@ fn sessions_and_shutdown_leave_no_fd_open() {
     });
     let refused = closed_port();
     // No retries: the refused client is closed at once. The warm pools of the two live
-    // endpoints (10 each) are part of the baseline: sessions take from them, and they
+    // endpoints (10 each: max_idle is spread over the three) are part of the baseline:
+    // sessions take from them, and they
     // are refilled.
     let proxy = start_proxy_with(
         &[&[echo.addr], &[resetter.addr], &[refused]],
         2,
-        "  pool:\n    max_idle: 10\n    max_retries: 0\n",
+        "  pool:\n    max_idle: 30\n    max_retries: 0\n",
     );
-    let pools_full = |s: &sssonector::StatsSnapshot| s.total.pool_idle == 20;
+    let pools_full = |s: &sssonector::StatsSnapshot| s.pool.idle == 20;
     proxy.wait_for("warm pools filled", pools_full);
+    // The pool's count is live; the upstreams' threads may still be accepting.
+    eventually("upstreams hold the pools", || {
+        echo.open() == 10 && resetter.open() == 10
+    });
     let baseline = settle_fds(open_fds());
 
     // Clean close, half-close first, then many at once.
@@ -66,6 +71,9 @@ fn sessions_and_shutdown_leave_no_fd_open() {
 
     proxy.wait_for("all sessions closed, pools refilled", |s| {
         s.total.sessions_active == 0 && s.total.sessions_total == 106 && pools_full(s)
+    });
+    eventually("upstreams hold the refilled pools", || {
+        echo.open() == 10 && resetter.open() == 10
     });
     assert_eq!(settle_fds(baseline), baseline, "sessions left fds open");
     proxy.stop();

@@ -27,12 +27,13 @@ const SPEC_NAMES: [&str; 10] = [
 ];
 
 /// Listener l0 in front of an echo upstream, listener l1 in front of a closed port; one
-/// worker, 64 buffer slots, 4 warm connections per endpoint, 1 s metrics interval.
+/// worker, 64 buffer slots, 4 warm connections per endpoint (`max_idle` is the proxy-wide
+/// total, spread over the two endpoints), 1 s metrics interval.
 fn proxy_with_admin(echo: SocketAddr, refused: SocketAddr) -> (TestProxy, SocketAddr) {
     let mut proxy = start_proxy_with(
         &[&[echo], &[refused]],
         1,
-        "  pool:\n    max_idle: 4\n    max_retries: 0\n    retry_interval: 100ms\n\
+        "  pool:\n    max_idle: 8\n    max_retries: 0\n    retry_interval: 100ms\n\
          \x20 health_check:\n    interval: 200ms\n    timeout: 100ms\n    fall: 2\n\
          \x20 buffer:\n    size: 16384\n    max_pool_size: 64\n\
          \x20 monitoring:\n    metrics_interval: 1s\n    listen: 127.0.0.1:0\n",
@@ -436,7 +437,9 @@ fn an_idle_session_closed_by_its_timeout_is_counted_as_a_timeout() {
     let mut proxy = start_proxy_with(
         &[&[echo.addr]],
         1,
-        "  pool:\n    idle_timeout: 1s\n\
+        // connection.session.idle_timeout (pool.idle_timeout only expires pooled
+        // connections now).
+        "  session:\n    idle_timeout: 1s\n\
          \x20 monitoring:\n    metrics_interval: 1s\n    listen: 127.0.0.1:0\n",
     );
     let admin = proxy.start_admin();

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use sssonector::upstream::Discard;
 use support::*;
 
 /// Reads one line-ish reply (up to 256 bytes) with a timeout.
@@ -38,7 +39,7 @@ fn warm_pool_holds_exactly_max_idle_and_refills() {
                 &format!("  pool:\n    max_idle: {max_idle}\n"),
             );
             eventually("pool warm", || up.open() == max_idle);
-            proxy.wait_for("pool counted", |s| s.total.pool_idle == max_idle as u64);
+            proxy.wait_for("pool counted", |s| s.pool.idle == max_idle as u64);
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(
                 up.accepted(),
@@ -57,7 +58,7 @@ fn warm_pool_holds_exactly_max_idle_and_refills() {
             // Counters are published on the worker's tick: wait until the three
             // sessions are in them, or the pool figure is the one from before.
             let s = proxy.wait_for("pool refilled", |s| {
-                s.total.sessions_total == n as u64 && s.total.pool_idle == max_idle as u64
+                s.total.sessions_total == n as u64 && s.pool.idle == max_idle as u64
             });
             assert_eq!(s.total.pool_hits + s.total.pool_misses, n as u64, "{s:#?}");
             // With one worker the whole pool is its share, so the first client is a
@@ -86,7 +87,7 @@ fn a_client_takes_a_warm_connection_without_a_new_connect() {
     });
     let proxy = start_proxy_with(&[&[up.addr]], 1, "  pool:\n    max_idle: 2\n");
     eventually("pool warm", || up.open() == 2);
-    proxy.wait_for("pool counted", |s| s.total.pool_idle == 2);
+    proxy.wait_for("pool counted", |s| s.pool.idle == 2);
     std::thread::sleep(Duration::from_millis(500));
     let accepted_before = up.accepted();
     let mut c = TcpStream::connect(proxy.addr()).unwrap();
@@ -113,7 +114,7 @@ fn a_server_greeting_reaches_the_client_through_a_pooled_connection() {
         echo_conn(conn);
     });
     let proxy = start_proxy_with(&[&[up.addr]], 1, "  pool:\n    max_idle: 1\n");
-    proxy.wait_for("pool warm", |s| s.total.pool_idle == 1);
+    proxy.wait_for("pool warm", |s| s.pool.idle == 1);
     std::thread::sleep(Duration::from_millis(300));
     let mut c = TcpStream::connect(proxy.addr()).unwrap();
     let mut greeting = [0u8; 11];
@@ -139,12 +140,16 @@ fn dead_idle_connections_are_swept_and_never_handed_out() {
         1,
         "  pool:\n    max_idle: 4\n    idle_timeout: 10s\n",
     );
-    proxy.wait_for("pool warm", |s| s.total.pool_idle == 4);
+    proxy.wait_for("pool warm", |s| s.pool.idle == 4);
+    // The upstream's own list must hold all four before it can close them; and they
+    // must be older than the age under which a close means "never worth pooling".
+    eventually("upstream holds the pool", || up.open() == 4);
+    std::thread::sleep(Duration::from_millis(200));
     let accepted = up.accepted();
     up.close_open();
     // The next sweep notices and replaces them.
     let s = proxy.wait_for("dead ones removed and replaced", |s| {
-        s.total.pool_dead >= 4 && s.total.pool_idle == 4
+        s.pool.dead() >= 4 && s.pool.idle == 4
     });
     assert!(up.accepted() >= accepted + 4, "{s:#?}");
     // Kill them again and come at once, before a sweep: the handoff check skips them.
@@ -165,13 +170,15 @@ fn idle_timeout_expires_pooled_connections_and_inactive_sessions() {
     let proxy = start_proxy_with(
         &[&[up.addr]],
         1,
-        "  pool:\n    max_idle: 3\n    idle_timeout: 1s\n",
+        "  pool:\n    max_idle: 3\n    idle_timeout: 1s\n  session:\n    idle_timeout: 1s\n",
     );
     eventually("pool warm", || up.open() == 3);
     // Unused, they expire, and with no demand nothing reopens them.
     eventually("expired", || up.open() == 0);
-    let s = proxy.wait_for("expiry counted", |s| s.total.pool_expired >= 3);
-    assert_eq!(s.total.pool_idle, 0);
+    let s = proxy.wait_for("expiry counted", |s| {
+        s.pool.discarded(Discard::Expired) >= 3
+    });
+    assert_eq!(s.pool.idle, 0);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(up.accepted(), 3, "an unused pool does not churn");
 
@@ -343,10 +350,11 @@ fn health_checks_mark_endpoints_down_flush_them_and_bring_them_back() {
     let proxy = start_proxy_with(
         &[&[a.addr, b.addr]],
         1,
-        "  pool:\n    max_idle: 2\n  health_check:\n    interval: 200ms\n    timeout: 100ms\n    rise: 2\n    fall: 2\n",
+        // max_idle is the total over the endpoints: two each.
+        "  pool:\n    max_idle: 4\n  health_check:\n    interval: 200ms\n    timeout: 100ms\n    rise: 2\n    fall: 2\n",
     );
     eventually("both pools warm", || a.open() >= 2 && b.open() >= 2);
-    proxy.wait_for("pool", |s| s.total.pool_idle == 4);
+    proxy.wait_for("pool", |s| s.pool.idle == 4);
     b.stop_accepting();
     let stopped = Instant::now();
     let s = proxy.wait_for("b marked down", |s| !s.endpoints[1].up);
@@ -359,8 +367,8 @@ fn health_checks_mark_endpoints_down_flush_them_and_bring_them_back() {
     );
     assert!(s.endpoints[0].up);
     eventually("b's idle pool flushed", || b.open() == 0);
-    let s = proxy.wait_for("flush counted", |s| s.total.pool_flushed >= 2);
-    assert!(s.total.pool_flushed >= 2);
+    let s = proxy.wait_for("flush counted", |s| s.pool.discarded(Discard::Flushed) >= 2);
+    assert!(s.pool.discarded(Discard::Flushed) >= 2);
     let b_accepted = b.accepted();
     for _ in 0..6 {
         let mut c = TcpStream::connect(proxy.addr()).unwrap();
@@ -442,7 +450,7 @@ fn upstream_connections_have_keepalive() {
     }
     let up = Upstream::echo();
     let proxy = start_proxy_with(&[&[up.addr]], 1, "  pool:\n    max_idle: 2\n");
-    proxy.wait_for("pool warm", |s| s.total.pool_idle == 2);
+    proxy.wait_for("pool warm", |s| s.pool.idle == 2);
     let out = std::process::Command::new("ss")
         .args(["-tnoH", "state", "established", "dst", &up.addr.to_string()])
         .output()

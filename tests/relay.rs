@@ -279,10 +279,16 @@ fn upstream_half_close_passes_fin_and_keeps_the_other_way() {
     // The upstream greets, closes its sending side, then still reads everything.
     let (tx, rx) = std::sync::mpsc::channel();
     let up = Upstream::start(move |mut conn| {
-        conn.write_all(b"banner").unwrap();
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-        let got = read_to_end(&mut conn).unwrap();
-        tx.send(got).unwrap();
+        if conn.write_all(b"banner").is_err() || conn.shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        // Pooled connections the proxy closed unused (the FIN looks like a server
+        // closing them) read nothing; only the client's connection reports.
+        if let Ok(got) = read_to_end(&mut conn) {
+            if !got.is_empty() {
+                let _ = tx.send(got);
+            }
+        }
     });
     let proxy = start_proxy(up.addr);
     let mut c = TcpStream::connect(proxy.addr()).unwrap();

@@ -36,10 +36,12 @@ fn each_spec_example_runs_with_its_settings() {
             addrs: handle.listen_addrs().into_iter().map(|(_, a)| a).collect(),
             handle: Some(handle),
         };
-        let s = proxy.wait_for(&format!("{name}: warm pool"), |s| {
-            s.total.pool_idle == c.pool.max_idle as u64
-        });
+        // The pool's count is live; each worker publishes its buffer count on its tick.
         let slots = (c.buffer.max_pool_size as u64).div_ceil(workers) * workers;
+        let s = proxy.wait_for(&format!("{name}: warm pool, every worker published"), |s| {
+            s.pool.idle == c.pool.max_idle as u64
+                && s.per_worker.iter().all(|w| w.buffer_slots_total > 0)
+        });
         assert_eq!(s.total.buffer_slots_total, slots, "{name}: buffer pool");
         let mut clients = Vec::new();
         for i in 0..20u8 {

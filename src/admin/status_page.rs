@@ -174,7 +174,17 @@ pub fn render(s: &StatsSnapshot, metrics_interval: Duration) -> String {
         &mut h,
         "idle pooled connections",
         "pool-idle",
-        t.pool_idle.to_string(),
+        s.pool.idle.to_string(),
+    );
+    row(
+        &mut h,
+        "pool dials in flight / idle discarded",
+        "pool-dialing-discarded",
+        format!(
+            "{} / {}",
+            s.pool.dialing,
+            s.pool.discarded.iter().sum::<u64>()
+        ),
     );
     row(
         &mut h,

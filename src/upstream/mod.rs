@@ -1,8 +1,9 @@
-//! Upstream endpoints: the shared health table, balancing, and each worker's warm pool.
+//! Upstream endpoints: the shared health table, balancing, and the warm pool with its keeper.
 
+pub(crate) mod keeper;
 mod pool;
 
-pub use pool::{IdleConn, WarmPool};
+pub use pool::{close_unused, Discard, IdleConn, PoolStats, Reconfigure, WarmPool, MAX_POOL_DIALS};
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};

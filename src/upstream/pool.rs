@@ -1,24 +1,189 @@
-//! `WarmPool`: one worker's pre-established, never-used upstream connections, per endpoint,
-//! oldest first, with a refill target that follows recent demand.
+//! `WarmPool`: the proxy's pre-established, never-used upstream connections. One pool for
+//! every worker (any worker's client can take any idle connection), sized by `max_idle`
+//! in all, spread evenly over the endpoints, with a refill target that follows demand.
+//! While a connection is idle nothing but the keeper's epoll watches it (see
+//! [`super::keeper`]), so taking it needs no op cancelled on any ring.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// An established upstream connection waiting for a client. Nothing is ever read from
-/// or written to it before handoff, so bytes a server sends first stay queued for the client.
+use crate::uring::sys;
+
+/// Why an idle pooled connection was closed instead of handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discard {
+    /// The server closed it (FIN) while it sat in the pool.
+    ClosedByServer,
+    /// The server (or a middlebox) reset it while it sat in the pool.
+    Reset,
+    /// Unused for `pool.idle_timeout`.
+    Expired,
+    /// Retired before the endpoint's learned unclaimed-connection lifetime ran out.
+    Retired,
+    /// Its endpoint went down (health checks).
+    Flushed,
+    /// Found closed by the check at handoff (the watch had not reported yet).
+    DeadAtHandoff,
+}
+
+impl Discard {
+    pub const ALL: [Discard; 6] = [
+        Discard::ClosedByServer,
+        Discard::Reset,
+        Discard::Expired,
+        Discard::Retired,
+        Discard::Flushed,
+        Discard::DeadAtHandoff,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discard::ClosedByServer => "closed_by_server",
+            Discard::Reset => "reset",
+            Discard::Expired => "expired",
+            Discard::Retired => "retired",
+            Discard::Flushed => "flushed",
+            Discard::DeadAtHandoff => "dead_at_handoff",
+        }
+    }
+}
+
+/// Pool counters as of now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Gauge: idle connections in the pool.
+    pub idle: u64,
+    /// Gauge: pool dials in flight.
+    pub dialing: u64,
+    /// Discarded connections, indexed like [`Discard::ALL`].
+    pub discarded: [u64; 6],
+}
+
+impl PoolStats {
+    pub fn discarded(&self, reason: Discard) -> u64 {
+        self.discarded[reason as usize]
+    }
+
+    /// Every idle connection that was found dead (closed, reset, or at handoff).
+    pub fn dead(&self) -> u64 {
+        self.discarded(Discard::ClosedByServer)
+            + self.discarded(Discard::Reset)
+            + self.discarded(Discard::DeadAtHandoff)
+    }
+}
+
+/// An idle connection handed to a client: the fd is the caller's now.
+#[derive(Debug)]
 pub struct IdleConn {
-    pub fd: RawFd,
+    pub fd: OwnedFd,
     pub since: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Unique per pooled connection: the epoll data, so an event about a connection that
+    /// was taken meanwhile (and whose fd number may be reused) finds nothing.
+    id: u64,
+    fd: OwnedFd,
+    since: Instant,
+    /// The server has sent its first bytes (a greeting): a client gets them at once.
+    greeted: bool,
+}
+
+/// How long a server keeps connections nobody speaks on, learned from its closes.
+#[derive(Debug, Default)]
+pub(super) struct Lifetime {
+    /// Age and time of the last few server-side closes, newest last.
+    recent: VecDeque<(Duration, Instant)>,
+    pub learned: Option<Duration>,
+    /// When `learned` was set: it lapses after [`Lifetime::lapse`].
+    learned_at: Option<Instant>,
+    pub warned: bool,
+}
+
+/// Server-side closes that must agree before a lifetime is believed.
+const LIFETIME_SAMPLES: usize = 3;
+
+/// Shorter lifetimes are not learned: such a server is not kept warm at all (see
+/// `young_close` in [`PoolState::on_event`]).
+const MIN_LIFETIME: Duration = Duration::from_millis(10);
+
+impl Lifetime {
+    /// Records a close by the server, at `now`, of a connection pooled for `age`. A
+    /// lifetime is learned when the last few closes happened at about the same age
+    /// (within a fifth), shorter than `idle_timeout`, and not all at once: a server
+    /// restart closes connections of every age, and one that closes a batch pooled
+    /// together (at startup) looks like a timeout only once it happens again. Returns
+    /// the lifetime when it is new or shorter than the one known.
+    pub fn observe(
+        &mut self,
+        age: Duration,
+        now: Instant,
+        idle_timeout: Duration,
+    ) -> Option<Duration> {
+        if self.recent.len() == LIFETIME_SAMPLES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((age, now));
+        if self.recent.len() < LIFETIME_SAMPLES {
+            return None;
+        }
+        let ages = || self.recent.iter().map(|(a, _)| *a);
+        let min = ages().min().unwrap_or_default();
+        let max = ages().max().unwrap_or_default();
+        let first = self.recent.iter().map(|(_, t)| *t).min().unwrap_or(now);
+        let spread_in_time = now.saturating_duration_since(first) >= min / 2;
+        if max - min > max / 5 || !spread_in_time || min >= idle_timeout || min < MIN_LIFETIME {
+            return None;
+        }
+        if self.learned.is_some_and(|t| t <= min) {
+            return None;
+        }
+        self.learned = Some(min);
+        self.learned_at = Some(now);
+        Some(min)
+    }
+
+    /// How long a learned lifetime is believed. Retiring connections before the server
+    /// closes them also hides from the pool whether the server still does (its timeout
+    /// may have been raised, or one middlebox taught it wrong): after this the pool lets
+    /// connections live to `idle_timeout` again and learns anew if closes come back.
+    fn lapse(t: Duration) -> Duration {
+        (t * 30).max(Duration::from_secs(60))
+    }
+
+    /// Forgets a lifetime learned longer ago than its lapse.
+    pub fn forget_if_lapsed(&mut self, now: Instant) {
+        if let (Some(t), Some(at)) = (self.learned, self.learned_at) {
+            if now.saturating_duration_since(at) >= Lifetime::lapse(t) {
+                self.learned = None;
+                self.learned_at = None;
+                self.recent.clear();
+            }
+        }
+    }
+
+    /// Connections older than this are retired: a fifth before the server would close them.
+    pub fn retire_age(&self, idle_timeout: Duration) -> Duration {
+        match self.learned {
+            Some(t) => idle_timeout.min(t * 4 / 5),
+            None => idle_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct EndpointPool {
-    idle: VecDeque<IdleConn>,
-    /// Pool dials in flight.
+    /// Oldest first; clients take the newest that greeted, else the newest (fewer
+    /// connections reach a server's timeout).
+    idle: VecDeque<Entry>,
+    /// Pool dials in flight, all workers.
     dialing: usize,
-    /// This worker's part of `max_idle` for the endpoint.
+    /// This endpoint's part of `max_idle`.
     share: usize,
     /// Sessions that wanted this endpoint in the previous and the current window.
     demand_prev: usize,
@@ -26,215 +191,550 @@ struct EndpointPool {
     /// The endpoint's down epoch last acted on (a new one means: flush).
     seen_down_epoch: u64,
     /// After a failed pool dial, no refill before this (health checks may be off, and
-    /// nothing else would stop redialing a dead endpoint every tick).
+    /// nothing else would stop redialing a dead endpoint).
     backoff_until: Option<Instant>,
+    lifetime: Lifetime,
+    /// A reload added (or revived) this endpoint: until then its target is its full
+    /// share, as every endpoint's is after the start.
+    warm_until: Option<Instant>,
 }
 
-/// One worker's warm connections.
+impl EndpointPool {
+    /// A pooled connection made at `since` ended unused (closed by its server, or retired
+    /// before the server would close it). Replacing it at once, whatever its age, would
+    /// let a server that closes connections soon after accepting them (a banner then a
+    /// FIN, a short handshake timeout, a hostile peer) drive a redial loop with no client
+    /// at all. So no connection is redialed only to keep the pool warm sooner than
+    /// `retry_interval` after the one it replaces was made: at most `share` dials per
+    /// `retry_interval` for such an endpoint.
+    fn young_close(&mut self, since: Instant, now: Instant, retry_interval: Duration) {
+        let until = since + retry_interval;
+        if until > now && !matches!(self.backoff_until, Some(b) if b >= until) {
+            self.backoff_until = Some(until);
+        }
+    }
+}
+
 #[derive(Debug)]
-pub struct WarmPool {
-    pools: Vec<EndpointPool>,
+pub(super) struct PoolState {
+    endpoints: Vec<EndpointPool>,
+    next_id: u64,
     /// Demand is counted per window of `idle_timeout`.
-    window: Duration,
     window_start: Instant,
     /// Until then the target is the full share: the pool is warm from startup.
     warm_until: Instant,
+    /// No connection joins the pool any more.
+    closed: bool,
+    /// `pool.idle_timeout` and `pool.retry_interval`: under the lock, so that a reload can
+    /// change them (see [`WarmPool::reconfigure`]).
+    idle_timeout: Duration,
+    /// The refill backoff after a failed dial; and the shortest spacing of redials that
+    /// only keep a connection warm (see [`PoolState::on_event`]).
+    retry_interval: Duration,
+}
+
+/// Epoll data of the keeper's own wake-up eventfd; pooled connections use
+/// `endpoint << ID_BITS | id`.
+pub(super) const WAKE_DATA: u64 = u64::MAX;
+const ID_BITS: u32 = 44;
+
+/// Dials one endpoint may have in flight for the pool, whatever its deficit: a burst of
+/// refills is spread out.
+pub const MAX_POOL_DIALS: usize = 32;
+
+/// The proxy's warm pool.
+#[derive(Debug)]
+pub struct WarmPool {
+    state: Mutex<PoolState>,
+    pub(super) epoll: OwnedFd,
+    pub(super) wake: OwnedFd,
+    discarded: [AtomicU64; 6],
+    /// Idle connections now, readable without the lock.
+    idle_total: AtomicUsize,
 }
 
 impl WarmPool {
-    /// `max_idle` per endpoint is split across `workers`; this is worker `worker`'s part.
+    /// A pool of `max_idle` connections in all, spread evenly over `endpoints`.
     pub fn new(
         endpoints: usize,
-        worker: usize,
-        workers: usize,
         max_idle: usize,
         idle_timeout: Duration,
+        retry_interval: Duration,
         now: Instant,
-    ) -> WarmPool {
-        let share = WarmPool::share_of(max_idle, worker, workers);
-        WarmPool {
-            pools: (0..endpoints)
-                .map(|_| EndpointPool {
-                    share,
-                    ..EndpointPool::default()
-                })
-                .collect(),
-            window: idle_timeout,
-            window_start: now,
-            warm_until: now + idle_timeout,
+    ) -> std::io::Result<WarmPool> {
+        let epoll = sys::epoll()?;
+        let wake = sys::eventfd_nonblocking()?;
+        sys::epoll_watch_readable(epoll.as_raw_fd(), wake.as_raw_fd(), WAKE_DATA)?;
+        let n = endpoints.max(1);
+        Ok(WarmPool {
+            state: Mutex::new(PoolState {
+                endpoints: (0..endpoints)
+                    .map(|i| EndpointPool {
+                        share: max_idle / n + usize::from(i < max_idle % n),
+                        ..EndpointPool::default()
+                    })
+                    .collect(),
+                next_id: 0,
+                window_start: now,
+                warm_until: now + idle_timeout,
+                closed: false,
+                idle_timeout,
+                retry_interval,
+            }),
+            epoll,
+            wake,
+            discarded: Default::default(),
+            idle_total: AtomicUsize::new(0),
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding the lock leaves plain counters and fds, all still valid.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection of `endpoint` for a client (and, with `count_demand`, records
+    /// that a session wanted the endpoint): the newest one whose server has greeted, else
+    /// the newest. A connection dialed a moment ago to replace one taken may still be
+    /// waiting for a slow server's greeting (a fork, an auth step, a TLS handshake), while
+    /// an older one has it queued already. Connections due for retirement are left to
+    /// the keeper: their server may close them any moment.
+    pub fn take(&self, endpoint: usize, now: Instant, count_demand: bool) -> Option<IdleConn> {
+        let entry = {
+            let mut st = self.lock();
+            let idle_timeout = st.idle_timeout;
+            st.rotate(now, idle_timeout);
+            let p = st.endpoints.get_mut(endpoint)?;
+            if count_demand {
+                p.demand_cur += 1;
+            }
+            let retire = p.lifetime.retire_age(idle_timeout);
+            let young = |e: &Entry| now.saturating_duration_since(e.since) < retire;
+            let pick = p
+                .idle
+                .iter()
+                .rposition(|e| e.greeted && young(e))
+                .or_else(|| p.idle.iter().rposition(young))?;
+            p.idle.remove(pick)?
+        };
+        self.idle_total.fetch_sub(1, Relaxed);
+        // It is the caller's now: the keeper finds nothing for an event that raced.
+        let _ = sys::epoll_unwatch(self.epoll.as_raw_fd(), entry.fd.as_raw_fd());
+        Some(IdleConn {
+            fd: entry.fd,
+            since: entry.since,
+        })
+    }
+
+    /// Records that a session wanted `endpoint` without asking the pool (none was idle).
+    pub fn record_demand(&self, endpoint: usize, now: Instant) {
+        let mut st = self.lock();
+        let window = st.idle_timeout;
+        st.rotate(now, window);
+        if let Some(p) = st.endpoints.get_mut(endpoint) {
+            p.demand_cur += 1;
         }
     }
 
-    /// Worker `worker`'s part of `max_idle` among `workers`.
-    pub fn share_of(max_idle: usize, worker: usize, workers: usize) -> usize {
-        let workers = workers.max(1);
-        max_idle / workers + usize::from(worker < max_idle % workers)
-    }
-
-    /// Endpoints this pool knows (ids `0..endpoints()`).
-    pub fn endpoints(&self) -> usize {
-        self.pools.len()
-    }
-
-    /// A reload: room for `endpoints` ids (the table only grows), each endpoint's share,
-    /// the demand window. Idle connections stay.
-    pub fn reconfigure(&mut self, endpoints: usize, share: usize, idle_timeout: Duration) {
-        if self.pools.len() < endpoints {
-            self.pools.resize_with(endpoints, EndpointPool::default);
+    /// Reserves the pool dials `endpoint` needs to reach its target, at most `max`; the
+    /// caller makes them and reports each with [`put`](Self::put) or
+    /// [`dial_ended`](Self::dial_ended).
+    pub fn reserve_dials(&self, endpoint: usize, now: Instant, max: usize) -> usize {
+        let mut st = self.lock();
+        if st.closed {
+            return 0;
         }
-        for p in &mut self.pools {
-            p.share = share;
+        let window = st.idle_timeout;
+        st.rotate(now, window);
+        let warm = now < st.warm_until;
+        let Some(p) = st.endpoints.get_mut(endpoint) else {
+            return 0;
+        };
+        if p.backoff_until.is_some_and(|t| now < t) {
+            return 0;
         }
-        self.window = idle_timeout;
+        let target = if warm || p.warm_until.is_some_and(|t| now < t) {
+            p.share
+        } else {
+            p.share.min(p.demand_prev.max(p.demand_cur))
+        };
+        let n = target
+            .saturating_sub(p.idle.len() + p.dialing)
+            .min(MAX_POOL_DIALS.saturating_sub(p.dialing))
+            .min(max);
+        p.dialing += n;
+        n
     }
 
-    /// The oldest idle connection of `endpoint`, for a client.
-    pub fn take(&mut self, endpoint: usize) -> Option<IdleConn> {
-        self.pools[endpoint].idle.pop_front()
+    /// A reserved dial ended without a connection for the pool.
+    pub fn dial_ended(&self, endpoint: usize) {
+        let mut st = self.lock();
+        if let Some(p) = st.endpoints.get_mut(endpoint) {
+            p.dialing = p.dialing.saturating_sub(1);
+        }
     }
 
-    pub fn put(&mut self, endpoint: usize, conn: IdleConn) {
-        self.pools[endpoint].idle.push_back(conn);
+    /// A reserved dial failed: no refill of `endpoint` before `until`.
+    pub fn dial_failed(&self, endpoint: usize, until: Instant) {
+        let mut st = self.lock();
+        if let Some(p) = st.endpoints.get_mut(endpoint) {
+            p.dialing = p.dialing.saturating_sub(1);
+            p.backoff_until = Some(until);
+        }
     }
 
+    /// A reserved dial connected: the connection joins the pool, watched from now on.
+    /// `down_epoch` is the endpoint's down epoch when the caller saw it up: if the keeper
+    /// has flushed the endpoint since, the connection is refused like the ones flushed.
+    /// Gives the fd back when the pool does not take it (closed, endpoint went down, or
+    /// no watch possible); close it with [`close_unused`].
+    pub fn put(
+        &self,
+        endpoint: usize,
+        fd: OwnedFd,
+        now: Instant,
+        down_epoch: u64,
+    ) -> Result<(), OwnedFd> {
+        let mut st = self.lock();
+        let closed = st.closed;
+        let Some(p) = st.endpoints.get_mut(endpoint) else {
+            return Err(fd);
+        };
+        p.dialing = p.dialing.saturating_sub(1);
+        // No share: a reload retired the endpoint or turned the pool off meanwhile.
+        if closed || p.seen_down_epoch != down_epoch || p.share == 0 {
+            return Err(fd);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let data = (endpoint as u64) << ID_BITS | (id & ((1 << ID_BITS) - 1));
+        // Watched before anyone can take it, under the lock: the keeper finds the entry
+        // for any event, and a taker never meets an fd still being added.
+        if let Err(e) =
+            sys::epoll_watch_first_bytes_or_close(self.epoll.as_raw_fd(), fd.as_raw_fd(), data)
+        {
+            tracing::warn!("internal: cannot watch a pooled connection: {e}; closing it");
+            return Err(fd);
+        }
+        st.endpoints[endpoint].idle.push_back(Entry {
+            id: data,
+            fd,
+            since: now,
+            greeted: false,
+        });
+        self.idle_total.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Counts a connection discarded outside the keeper (the handoff check).
+    pub fn count_discard(&self, reason: Discard, n: u64) {
+        self.discarded[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        PoolStats {
+            idle: st.endpoints.iter().map(|p| p.idle.len() as u64).sum(),
+            dialing: st.endpoints.iter().map(|p| p.dialing as u64).sum(),
+            discarded: std::array::from_fn(|i| self.discarded[i].load(Relaxed)),
+        }
+    }
+
+    /// Idle connections of one endpoint (0 for an id the pool does not know yet).
     pub fn idle(&self, endpoint: usize) -> usize {
-        self.pools[endpoint].idle.len()
+        self.lock()
+            .endpoints
+            .get(endpoint)
+            .map_or(0, |p| p.idle.len())
+    }
+
+    /// Idle connections of every endpoint the pool knows, by id, under one lock.
+    pub fn idle_per_endpoint(&self) -> Vec<usize> {
+        self.lock().endpoints.iter().map(|p| p.idle.len()).collect()
     }
 
     pub fn total_idle(&self) -> usize {
-        self.pools.iter().map(|p| p.idle.len()).sum()
+        self.idle_total.load(Relaxed)
     }
 
-    /// Pool dials in flight, all endpoints.
-    pub fn total_dialing(&self) -> usize {
-        self.pools.iter().map(|p| p.dialing).sum()
+    /// The unclaimed-connection lifetime learned for `endpoint`, if any.
+    pub fn learned_lifetime(&self, endpoint: usize) -> Option<Duration> {
+        self.lock()
+            .endpoints
+            .get(endpoint)
+            .and_then(|p| p.lifetime.learned)
     }
 
-    pub fn dial_started(&mut self, endpoint: usize) {
-        self.pools[endpoint].dialing += 1;
+    /// `pool.idle_timeout` in force.
+    pub fn idle_timeout(&self) -> Duration {
+        self.lock().idle_timeout
     }
 
-    pub fn dial_ended(&mut self, endpoint: usize) {
-        let p = &mut self.pools[endpoint];
-        p.dialing = p.dialing.saturating_sub(1);
+    /// A reload, applied once for the whole proxy under the pool's lock while the keeper
+    /// and the workers go on: room for `endpoints` ids (the table only grows), `max_idle`
+    /// spread evenly over the endpoints in `serving` (new or revived ones warm at once,
+    /// the others keep their idle connections and their demand), a share of 0 for every
+    /// other endpoint, and the new timers. The idle connections of each `(id, down_epoch)`
+    /// in `flush` (endpoints a reload retired, or all when it turned the pool off) leave
+    /// the pool, counted as [`Discard::Flushed`], and a pool dial to it that connects
+    /// later is refused; they are returned, for [`close_unused`] outside the lock.
+    pub fn reconfigure(&self, r: &Reconfigure<'_>, now: Instant) -> Vec<OwnedFd> {
+        let mut fds = Vec::new();
+        {
+            let mut st = self.lock();
+            st.idle_timeout = r.idle_timeout;
+            st.retry_interval = r.retry_interval;
+            if st.endpoints.len() < r.endpoints {
+                st.endpoints.resize_with(r.endpoints, EndpointPool::default);
+            }
+            let n = r.serving.len().max(1);
+            for p in &mut st.endpoints {
+                p.share = 0;
+            }
+            for (i, &ep) in r.serving.iter().enumerate() {
+                if let Some(p) = st.endpoints.get_mut(ep) {
+                    p.share = r.max_idle / n + usize::from(i < r.max_idle % n);
+                }
+            }
+            for &ep in r.warm {
+                if let Some(p) = st.endpoints.get_mut(ep) {
+                    p.warm_until = Some(now + r.idle_timeout);
+                    // A revived endpoint starts afresh: no backoff from before.
+                    p.backoff_until = None;
+                }
+            }
+            for &(ep, epoch) in r.flush {
+                if let Some(p) = st.endpoints.get_mut(ep) {
+                    p.seen_down_epoch = epoch;
+                    fds.extend(p.idle.drain(..).map(|e| e.fd));
+                }
+            }
+        }
+        self.discarded[Discard::Flushed as usize].fetch_add(fds.len() as u64, Relaxed);
+        self.idle_total.fetch_sub(fds.len(), Relaxed);
+        for fd in &fds {
+            // Out of the keeper's watch before the caller closes it.
+            let _ = sys::epoll_unwatch(self.epoll.as_raw_fd(), fd.as_raw_fd());
+        }
+        // The keeper recomputes its deadlines with the new timers.
+        self.wake_keeper();
+        fds
     }
 
-    /// A session wanted `endpoint` (from the pool or not): the refill target follows this.
-    pub fn record_demand(&mut self, endpoint: usize) {
-        self.pools[endpoint].demand_cur += 1;
+    /// Wakes the keeper (stop, or an endpoint's health changed).
+    pub fn wake_keeper(&self) {
+        sys::eventfd_signal(self.wake.as_raw_fd());
     }
 
+    /// Closes the pool: nothing joins it any more, and every idle connection is closed.
+    pub fn close(&self) {
+        let drained: Vec<Entry> = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.endpoints
+                .iter_mut()
+                .flat_map(|p| p.idle.drain(..))
+                .collect()
+        };
+        self.idle_total.fetch_sub(drained.len(), Relaxed);
+        for e in drained {
+            close_unused(e.fd);
+        }
+    }
+
+    pub(super) fn discarded_counter(&self, reason: Discard) -> &AtomicU64 {
+        &self.discarded[reason as usize]
+    }
+
+    pub(super) fn idle_removed(&self, n: usize) {
+        self.idle_total.fetch_sub(n, Relaxed);
+    }
+}
+
+/// What a reload changes in the pool (see [`WarmPool::reconfigure`]).
+#[derive(Debug)]
+pub struct Reconfigure<'a> {
+    /// Endpoint ids the table holds now.
+    pub endpoints: usize,
+    /// The endpoints that get a share of `max_idle`, in id order.
+    pub serving: &'a [usize],
+    /// New or revived endpoints: their target is their full share for `idle_timeout`.
+    pub warm: &'a [usize],
+    /// Endpoints whose idle connections leave the pool, with their down epoch now.
+    pub flush: &'a [(usize, u64)],
+    /// 0 when the pool is off.
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub retry_interval: Duration,
+}
+
+/// Closes a connection no client used. What its server sent first (a greeting) is
+/// discarded before, so the server sees a FIN, not the reset that closing a socket with
+/// unread data sends (MariaDB would log an aborted connection).
+pub fn close_unused(fd: OwnedFd) {
+    sys::discard_unread(fd.as_raw_fd());
+    drop(fd);
+}
+
+/// What the keeper does with one endpoint's idle connections.
+pub(super) struct Removed {
+    pub fds: Vec<OwnedFd>,
+    /// (endpoint, lifetime) newly learned, to warn about once the lock is released.
+    pub learned: Vec<(usize, Duration)>,
+    /// Connections gone that the pool should replace.
+    pub replace: usize,
+}
+
+impl PoolState {
     /// Starts a new demand window when the current one is over.
-    pub fn rotate(&mut self, now: Instant) {
-        if now.duration_since(self.window_start) >= self.window {
+    fn rotate(&mut self, now: Instant, window: Duration) {
+        if now.saturating_duration_since(self.window_start) >= window {
             self.window_start = now;
-            for p in &mut self.pools {
+            for p in &mut self.endpoints {
                 p.demand_prev = std::mem::take(&mut p.demand_cur);
             }
         }
     }
 
-    /// How many warm connections `endpoint` should have: the full share at startup, then
-    /// as many as sessions wanted in the last window (at most the share), so an unused
-    /// proxy lets its pool expire instead of reopening connections forever.
-    pub fn target(&self, endpoint: usize, now: Instant) -> usize {
-        let p = &self.pools[endpoint];
-        if now < self.warm_until {
-            p.share
-        } else {
-            p.share.min(p.demand_prev.max(p.demand_cur))
-        }
-    }
-
-    /// A pool dial to `endpoint` failed: no refill before `until`.
-    pub fn dial_failed(&mut self, endpoint: usize, until: Instant) {
-        self.pools[endpoint].backoff_until = Some(until);
-    }
-
-    /// Dials needed to reach the target.
-    pub fn deficit(&self, endpoint: usize, now: Instant) -> usize {
-        let p = &self.pools[endpoint];
-        if p.backoff_until.is_some_and(|t| now < t) {
-            return 0;
-        }
-        self.target(endpoint, now)
-            .saturating_sub(p.idle.len() + p.dialing)
-    }
-
-    /// Removes the idle connections older than `max_age`, oldest first.
-    pub fn expire(
+    /// The watch on connection `data` fired with `events`: the server greeted (the watch
+    /// goes on, for a close only), or it closed or reset the connection (it leaves the pool).
+    pub fn on_event(
         &mut self,
-        endpoint: usize,
+        pool: &WarmPool,
+        data: u64,
+        events: u32,
         now: Instant,
-        max_age: Duration,
-        out: &mut Vec<RawFd>,
+        out: &mut Removed,
     ) {
-        let idle = &mut self.pools[endpoint].idle;
-        while let Some(c) = idle.front() {
-            if now.duration_since(c.since) < max_age {
-                break;
+        let endpoint = (data >> ID_BITS) as usize;
+        let (idle_timeout, retry_interval) = (self.idle_timeout, self.retry_interval);
+        let Some(p) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
+        // Taken meanwhile: the client owns it now.
+        let Some(pos) = p.idle.iter().position(|e| e.id == data) else {
+            return;
+        };
+        let closed = (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if events & closed == 0 {
+            let e = &mut p.idle[pos];
+            e.greeted = true;
+            match sys::epoll_rewatch_close(pool.epoll.as_raw_fd(), e.fd.as_raw_fd(), data) {
+                Ok(()) => return,
+                // Unwatchable: not kept, or a close would go unseen.
+                Err(err) => tracing::warn!("internal: cannot watch a pooled connection: {err}"),
             }
-            out.push(c.fd);
-            idle.pop_front();
         }
+        let Some(entry) = p.idle.remove(pos) else {
+            return;
+        };
+        let reset = events & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0
+            || sys::socket_error(entry.fd.as_raw_fd()).is_some();
+        let reason = if reset {
+            Discard::Reset
+        } else {
+            Discard::ClosedByServer
+        };
+        pool.discarded_counter(reason).fetch_add(1, Relaxed);
+        pool.idle_removed(1);
+        let age = now.saturating_duration_since(entry.since);
+        p.young_close(entry.since, now, retry_interval);
+        if let Some(t) = p.lifetime.observe(age, now, idle_timeout) {
+            if !p.lifetime.warned {
+                p.lifetime.warned = true;
+                out.learned.push((endpoint, t));
+            }
+        }
+        out.fds.push(entry.fd);
+        out.replace += 1;
     }
 
-    /// Keeps the idle connections `alive` accepts; the others' fds go to `out`.
-    pub fn retain(
+    /// Flushes endpoints that went down; expires and retires old idle connections.
+    /// `down_epoch` gives each endpoint's current down epoch.
+    pub fn sweep(
         &mut self,
-        endpoint: usize,
-        mut alive: impl FnMut(RawFd) -> bool,
-        out: &mut Vec<RawFd>,
+        pool: &WarmPool,
+        now: Instant,
+        down_epoch: impl Fn(usize) -> u64,
+        out: &mut Removed,
     ) {
-        self.pools[endpoint].idle.retain(|c| {
-            let keep = alive(c.fd);
-            if !keep {
-                out.push(c.fd);
+        let (idle_timeout, retry_interval) = (self.idle_timeout, self.retry_interval);
+        for (ep, p) in self.endpoints.iter_mut().enumerate() {
+            let epoch = down_epoch(ep);
+            if p.seen_down_epoch != epoch {
+                p.seen_down_epoch = epoch;
+                let n = p.idle.len();
+                out.fds.extend(p.idle.drain(..).map(|e| e.fd));
+                pool.discarded_counter(Discard::Flushed)
+                    .fetch_add(n as u64, Relaxed);
+                pool.idle_removed(n);
             }
-            keep
-        });
+            p.lifetime.forget_if_lapsed(now);
+            let retire = p.lifetime.retire_age(idle_timeout);
+            while let Some(e) = p.idle.front() {
+                let e_since = e.since;
+                let age = now.saturating_duration_since(e.since);
+                let reason = if age >= idle_timeout {
+                    Discard::Expired
+                } else if age >= retire {
+                    Discard::Retired
+                } else {
+                    break;
+                };
+                if let Some(e) = p.idle.pop_front() {
+                    out.fds.push(e.fd);
+                }
+                pool.discarded_counter(reason).fetch_add(1, Relaxed);
+                pool.idle_removed(1);
+                if reason == Discard::Retired {
+                    p.young_close(e_since, now, retry_interval);
+                    out.replace += 1;
+                }
+            }
+        }
     }
 
-    /// Empties an endpoint's idle pool if its down epoch moved since last time.
-    pub fn flush_if_went_down(
-        &mut self,
-        endpoint: usize,
-        down_epoch: u64,
-        out: &mut Vec<RawFd>,
-    ) -> bool {
-        let p = &mut self.pools[endpoint];
-        if p.seen_down_epoch == down_epoch {
-            return false;
-        }
-        p.seen_down_epoch = down_epoch;
-        out.extend(p.idle.drain(..).map(|c| c.fd));
-        true
+    /// When the next idle connection expires or retires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let idle_timeout = self.idle_timeout;
+        self.endpoints
+            .iter()
+            .filter_map(|p| {
+                p.idle
+                    .front()
+                    .map(|e| e.since + p.lifetime.retire_age(idle_timeout))
+            })
+            .min()
     }
+}
 
-    /// Every idle fd (shutdown).
-    pub fn drain_all(&mut self, out: &mut Vec<RawFd>) {
-        for p in &mut self.pools {
-            out.extend(p.idle.drain(..).map(|c| c.fd));
-        }
+/// The raw fd of a pooled connection (tests).
+impl IdleConn {
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::OwnedFd;
+
+    fn conn(l: &TcpListener) -> (OwnedFd, TcpStream) {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (OwnedFd::from(c), s)
+    }
 
     #[test]
-    fn shares_add_up_to_max_idle() {
+    fn shares_add_up_to_max_idle_over_the_endpoints() {
         let now = Instant::now();
         let t = Duration::from_secs(60);
-        for (max_idle, workers) in [(5, 2), (1, 2), (100, 3), (7, 1)] {
-            let total: usize = (0..workers)
-                .map(|w| WarmPool::new(1, w, workers, max_idle, t, now).target(0, now))
-                .sum();
-            assert_eq!(
-                total, max_idle,
-                "max_idle {max_idle} over {workers} workers"
-            );
+        for (max_idle, endpoints) in [(5, 2), (1, 2), (90, 3), (7, 1)] {
+            let p = WarmPool::new(endpoints, max_idle, t, t, now).unwrap();
+            let total: usize = (0..endpoints).map(|e| p.reserve_dials(e, now, 1000)).sum();
+            assert_eq!(total, max_idle, "max_idle {max_idle} over {endpoints}");
         }
     }
 
@@ -242,59 +742,205 @@ mod tests {
     fn target_follows_demand_after_the_first_window() {
         let start = Instant::now();
         let t = Duration::from_secs(10);
-        let mut p = WarmPool::new(1, 0, 1, 8, t, start);
-        assert_eq!(p.deficit(0, start), 8, "warm from startup");
-        p.dial_started(0);
-        assert_eq!(p.deficit(0, start), 7);
+        let p = WarmPool::new(1, 8, t, t, start).unwrap();
+        assert_eq!(p.reserve_dials(0, start, 1), 1, "capped by the caller");
+        assert_eq!(p.reserve_dials(0, start, 100), 7, "warm from startup");
+        for _ in 0..8 {
+            p.dial_ended(0);
+        }
         let later = start + t;
-        p.rotate(later);
-        assert_eq!(p.target(0, later), 0, "no demand: no refill");
-        p.record_demand(0);
-        p.record_demand(0);
-        assert_eq!(p.target(0, later), 2);
-        p.rotate(later + t);
+        assert_eq!(p.reserve_dials(0, later, 100), 0, "no demand: no refill");
+        p.record_demand(0, later);
+        p.record_demand(0, later);
+        assert_eq!(p.reserve_dials(0, later, 100), 2);
+        p.dial_ended(0);
+        p.dial_ended(0);
         assert_eq!(
-            p.target(0, later + t),
+            p.reserve_dials(0, later + t, 100),
             2,
             "the previous window still counts"
         );
-        p.rotate(later + t + t);
-        assert_eq!(p.target(0, later + t + t), 0);
-        let mut q = WarmPool::new(1, 0, 1, 8, t, start);
-        q.dial_failed(0, start + Duration::from_secs(1));
-        assert_eq!(q.deficit(0, start), 0, "backing off after a failed dial");
-        assert_eq!(q.deficit(0, start + Duration::from_secs(1)), 8);
+        p.dial_ended(0);
+        p.dial_failed(0, later + t + t + Duration::from_secs(1));
+        assert_eq!(p.reserve_dials(0, later + t + t, 100), 0, "backing off");
     }
 
     #[test]
-    fn expire_takes_the_oldest_and_flush_follows_the_epoch() {
+    fn clients_take_the_newest_and_the_taker_owns_the_fd() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        let p =
+            WarmPool::new(1, 4, Duration::from_secs(60), Duration::from_secs(1), start).unwrap();
+        let mut servers = Vec::new();
+        let mut raws = Vec::new();
+        for i in 0..3 {
+            assert_eq!(p.reserve_dials(0, start, 1), 1);
+            let (fd, s) = conn(&l);
+            raws.push(fd.as_raw_fd());
+            servers.push(s);
+            p.put(0, fd, start + Duration::from_secs(i), 0).unwrap();
+        }
+        assert_eq!(p.total_idle(), 3);
+        let c = p.take(0, start, true).unwrap();
+        assert_eq!(c.raw(), raws[2], "newest first");
+        assert_eq!(p.idle(0), 2);
+        p.close();
+        assert_eq!(p.total_idle(), 0);
+        assert!(p.reserve_dials(0, start, 10) == 0, "closed");
+    }
+
+    #[test]
+    fn expiry_retirement_and_flush() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let start = Instant::now();
         let t = Duration::from_secs(10);
-        let mut p = WarmPool::new(1, 0, 1, 8, t, start);
-        for (fd, age) in [(3, 0), (4, 5), (5, 9)] {
-            p.put(
-                0,
-                IdleConn {
-                    fd,
-                    since: start + Duration::from_secs(age),
-                },
+        let p = WarmPool::new(1, 8, t, t, start).unwrap();
+        let mut servers = Vec::new();
+        for age in [0, 5, 9] {
+            p.reserve_dials(0, start, 1);
+            let (fd, s) = conn(&l);
+            servers.push(s);
+            p.put(0, fd, start + Duration::from_secs(age), 0).unwrap();
+        }
+        let mut out = Removed {
+            fds: Vec::new(),
+            learned: Vec::new(),
+            replace: 0,
+        };
+        p.lock()
+            .sweep(&p, start + Duration::from_secs(15), |_| 0, &mut out);
+        assert_eq!(out.fds.len(), 2, "the two older than 10 s");
+        assert_eq!(p.stats().discarded(Discard::Expired), 2);
+        assert_eq!(out.replace, 0, "expired ones are not replaced");
+        p.lock()
+            .sweep(&p, start + Duration::from_secs(15), |_| 1, &mut out);
+        assert_eq!(p.stats().discarded(Discard::Flushed), 1);
+        assert_eq!(p.total_idle(), 0);
+    }
+
+    #[test]
+    fn a_reload_reshares_max_idle_and_flushes_retired_endpoints() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        let t = Duration::from_secs(10);
+        let p = WarmPool::new(2, 4, t, t, start).unwrap();
+        let mut servers = Vec::new();
+        for ep in [0, 0, 1] {
+            assert_eq!(p.reserve_dials(ep, start, 1), 1);
+            let (fd, s) = conn(&l);
+            servers.push(s);
+            p.put(ep, fd, start, 0).unwrap();
+        }
+        // Endpoint 1 retired (its down epoch went to 1), endpoint 2 added.
+        let later = start + t * 3;
+        let closed = p.reconfigure(
+            &Reconfigure {
+                endpoints: 3,
+                serving: &[0, 2],
+                warm: &[2],
+                flush: &[(1, 1)],
+                max_idle: 6,
+                idle_timeout: t * 2,
+                retry_interval: t,
+            },
+            later,
+        );
+        assert_eq!(closed.len(), 1, "the retired endpoint's idle connection");
+        assert_eq!(p.stats().discarded(Discard::Flushed), 1);
+        assert_eq!((p.idle(0), p.idle(1), p.total_idle()), (2, 0, 2));
+        assert_eq!(p.idle_timeout(), t * 2);
+        assert_eq!(p.reserve_dials(1, later, 100), 0, "no share, no refill");
+        assert_eq!(
+            p.reserve_dials(2, later, 100),
+            3,
+            "new: its full share at once"
+        );
+        assert_eq!(
+            p.reserve_dials(0, later, 100),
+            0,
+            "past the start window: demand decides"
+        );
+        let (fd, _s) = conn(&l);
+        assert!(p.put(1, fd, later, 1).is_err(), "a late dial is refused");
+        // The pool turned off: no endpoint has a share, every idle connection goes.
+        let closed = p.reconfigure(
+            &Reconfigure {
+                endpoints: 3,
+                serving: &[0, 2],
+                warm: &[],
+                flush: &[(0, 0), (1, 1), (2, 0)],
+                max_idle: 0,
+                idle_timeout: t,
+                retry_interval: t,
+            },
+            later,
+        );
+        assert_eq!(closed.len(), 2);
+        assert_eq!(p.total_idle(), 0);
+        assert_eq!(p.reserve_dials(2, later, 100), 0);
+    }
+
+    #[test]
+    fn young_closes_space_out_the_redials() {
+        let t0 = Instant::now();
+        let retry = Duration::from_secs(5);
+        let mut p = EndpointPool::default();
+        p.young_close(t0, t0 + Duration::from_millis(150), retry);
+        assert_eq!(p.backoff_until, Some(t0 + retry));
+        p.young_close(t0 - Duration::from_secs(1), t0, retry);
+        assert_eq!(p.backoff_until, Some(t0 + retry), "never shortened");
+        let mut old = EndpointPool::default();
+        old.young_close(t0, t0 + Duration::from_secs(10), retry);
+        assert_eq!(
+            old.backoff_until, None,
+            "older than retry_interval: replaced at once"
+        );
+    }
+
+    #[test]
+    fn a_lifetime_is_learned_from_agreeing_closes_only() {
+        let idle = Duration::from_secs(300);
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut l = Lifetime::default();
+        assert_eq!(l.observe(ms(10_000), t0, idle), None);
+        assert_eq!(l.observe(ms(10_020), t0, idle), None);
+        assert_eq!(
+            l.observe(ms(10_010), t0, idle),
+            None,
+            "a batch closed at once may be a restart"
+        );
+        let t1 = t0 + ms(10_000);
+        assert_eq!(l.observe(ms(10_000), t1, idle), Some(ms(10_000)));
+        assert_eq!(l.retire_age(idle), ms(8_000));
+        assert_eq!(l.observe(ms(10_000), t1, idle), None, "nothing new");
+        let mut restart = Lifetime::default();
+        for (i, age) in [100, 40_000, 9_000, 200_000].into_iter().enumerate() {
+            let at = t0 + ms(50_000) * i as u32;
+            assert_eq!(restart.observe(ms(age), at, idle), None, "ages disagree");
+        }
+        let mut lapsing = Lifetime::default();
+        for i in 0..3 {
+            lapsing.observe(ms(2_000), t0 + ms(2_000) * i, idle);
+        }
+        assert_eq!(lapsing.learned, Some(ms(2_000)));
+        lapsing.forget_if_lapsed(t0 + ms(4_000 + 59_000));
+        assert_eq!(
+            lapsing.learned,
+            Some(ms(2_000)),
+            "believed for a minute at least"
+        );
+        lapsing.forget_if_lapsed(t0 + ms(4_000 + 60_000));
+        assert_eq!(lapsing.learned, None, "then learned anew");
+        assert_eq!(lapsing.retire_age(idle), idle);
+        let mut longer = Lifetime::default();
+        for i in 0..3 {
+            assert_eq!(
+                longer.observe(ms(400_000), t0 + ms(400_000) * i, idle),
+                None,
+                "idle_timeout comes first"
             );
         }
-        let mut out = Vec::new();
-        p.expire(0, start + Duration::from_secs(15), t, &mut out);
-        assert_eq!(out, [3, 4]);
-        assert_eq!(p.take(0).map(|c| c.fd), Some(5));
-        p.put(
-            0,
-            IdleConn {
-                fd: 6,
-                since: start,
-            },
-        );
-        out.clear();
-        assert!(!p.flush_if_went_down(0, 0, &mut out));
-        assert!(p.flush_if_went_down(0, 1, &mut out));
-        assert_eq!(out, [6]);
-        assert_eq!(p.idle(0), 0);
+        assert_eq!(longer.retire_age(idle), idle);
     }
 }

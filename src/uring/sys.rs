@@ -202,26 +202,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// Whether an idle connection is still usable, checked without consuming anything:
-/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte. EOF or an error means the peer closed it;
-/// EAGAIN or data (a server greeting) means alive.
-pub fn peek_alive(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: reads at most one byte into our stack variable.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n > 0 {
-        return true;
-    }
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-}
-
 /// Keepalive and TCP_USER_TIMEOUT on an upstream socket, so a peer that vanished without
 /// a FIN or RST (half-open) is found: probes after 30 s idle, every 10 s, 3 of them; data
 /// unacknowledged for 60 s fails the connection.
@@ -231,4 +211,156 @@ pub fn set_upstream_keepalive(fd: RawFd) -> io::Result<()> {
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10)?;
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)?;
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 60_000)
+}
+
+/// An epoll instance: the pool keeper watches idle pooled connections with it, outside
+/// every worker's ring, so any worker can take one without cancelling a ring op first.
+pub fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1(2) has no memory arguments; the fd is checked before being owned.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev lives on our stack for the call; the kernel copies it.
+    check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
+}
+
+/// Reports once (one-shot) when the peer of `fd` sends its first bytes (`EPOLLIN`), closes
+/// its side (FIN: `EPOLLRDHUP`) or resets it (`EPOLLERR`/`EPOLLHUP`, always reported).
+pub fn epoll_watch_first_bytes_or_close(epfd: RawFd, fd: RawFd, data: u64) -> io::Result<()> {
+    epoll_ctl(
+        epfd,
+        libc::EPOLL_CTL_ADD,
+        fd,
+        (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+        data,
+    )
+}
+
+/// Re-arms a one-shot watch on `fd` for a close or reset only, whatever is queued.
+pub fn epoll_rewatch_close(epfd: RawFd, fd: RawFd, data: u64) -> io::Result<()> {
+    epoll_ctl(
+        epfd,
+        libc::EPOLL_CTL_MOD,
+        fd,
+        (libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+        data,
+    )
+}
+
+/// Reports (level-triggered) when `fd` is readable.
+pub fn epoll_watch_readable(epfd: RawFd, fd: RawFd, data: u64) -> io::Result<()> {
+    epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, data)
+}
+
+/// Stops watching `fd`.
+pub fn epoll_unwatch(epfd: RawFd, fd: RawFd) -> io::Result<()> {
+    epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0)
+}
+
+/// Waits up to `timeout_ms` for events; `out` gets `(data, events)` of each.
+pub fn epoll_wait(epfd: RawFd, out: &mut Vec<(u64, u32)>, timeout_ms: i32) -> io::Result<()> {
+    const MAX: usize = 256;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+    // SAFETY: the kernel writes at most MAX events into the array on our stack.
+    let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), MAX as libc::c_int, timeout_ms) };
+    out.clear();
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    for ev in &events[..n as usize] {
+        let (data, bits) = (ev.u64, ev.events);
+        out.push((data, bits));
+    }
+    Ok(())
+}
+
+/// Resets an eventfd's counter (after it woke a waiter).
+pub fn eventfd_drain(fd: RawFd) {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into our stack; EAGAIN (already zero) is harmless.
+    unsafe {
+        libc::read(fd, (&mut value as *mut u64).cast(), 8);
+    }
+}
+
+/// A non-blocking eventfd (the pool keeper's wake-up, read from an epoll loop).
+pub fn eventfd_nonblocking() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) has no memory arguments; the fd is checked before being owned.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether a TCP socket is still `ESTABLISHED`: a FIN from the peer moves it to
+/// `CLOSE_WAIT`, a reset to `CLOSE`, whatever data is still queued (one `TCP_INFO` read).
+pub fn tcp_established(fd: RawFd) -> bool {
+    const TCP_ESTABLISHED: u8 = 1;
+    // tcpi_state is the first byte of struct tcp_info; the kernel copies at most optlen.
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info` on our stack.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    ret == 0 && len >= 1 && info[0] == TCP_ESTABLISHED
+}
+
+/// The pending error of a socket (`SO_ERROR`), if any: `ECONNRESET` after a reset.
+pub fn socket_error(fd: RawFd) -> Option<i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes one c_int into `err` on our stack.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0 && err != 0).then_some(err)
+}
+
+/// Takes ownership of a raw fd the caller owned and no op uses any more.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller owned `fd` (an open socket it created or accepted), hands it
+    // over here, and no op in flight refers to it, so exactly one owner closes it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Discards whatever the peer sent that nobody read (a server's greeting on a pooled
+/// connection), so that closing `fd` sends a FIN rather than the RST that closing with
+/// unread data would send. Reads at most a few hundred KiB; never blocks.
+pub fn discard_unread(fd: RawFd) {
+    for _ in 0..4 {
+        // SAFETY: with MSG_TRUNC and a null buffer TCP discards the bytes it would have
+        // copied: no memory is written.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                64 * 1024,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+    }
 }

@@ -317,13 +317,15 @@ pub fn read_to_end(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
 /// Whether an optional tool is installed. A test that needs it skips with a message when
 /// it is missing, except under `CI=true`, where a missing tool fails the test.
 pub fn have_tool(tool: &str, package: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
+    tool_path(tool, package).is_some()
+}
+
+/// Where an optional tool is, found as [`have_tool`] finds it (with the same skip message
+/// and the same failure under `CI=true`). Daemons such as `mariadbd` live in `/usr/sbin`,
+/// which a non-root `PATH` often lacks, so the sbin directories are searched too.
+pub fn tool_path(tool: &str, package: &str) -> Option<std::path::PathBuf> {
+    let found = find_tool(tool);
+    if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "{tool} ({package}) is required under CI"
@@ -419,4 +421,21 @@ pub fn scrape_until(admin: SocketAddr, what: &str, f: impl Fn(&[Sample]) -> bool
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Where `tool` is in `PATH` or the sbin directories, quietly (for tools a test can do
+/// without).
+pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
