@@ -76,7 +76,7 @@ counters! {
     queue_rejected,
     /// Total wait of admitted clients that queued, in ms.
     queue_wait_ms,
-    /// Sessions closed after `idle_timeout` without traffic.
+    /// Sessions closed after `session.idle_timeout` without traffic.
     session_timeouts,
     /// Client sessions freed, whatever the reason (the reasons are counted above).
     sessions_closed,

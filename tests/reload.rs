@@ -231,3 +231,57 @@ fn a_reload_that_changes_the_worker_count_is_refused_whole() {
     assert_eq!(other.accepted(), 0);
     proxy.stop();
 }
+
+/// The warm pool is one for the proxy: a reload spreads `max_idle` again over the
+/// endpoints in service (a new one warms at once), closes a removed endpoint's idle
+/// connections without replacing them, and `enabled: false` closes them all.
+#[test]
+fn a_reload_reshares_the_shared_pool_and_flushes_a_removed_endpoint() {
+    use sssonector::upstream::Discard;
+    let a = Upstream::echo();
+    let b = Upstream::echo();
+    let pool = |max_idle: usize, enabled: bool| {
+        format!("  pool:\n    enabled: {enabled}\n    max_idle: {max_idle}\n")
+    };
+    let idle_of = |s: &sssonector::StatsSnapshot, addr: SocketAddr| {
+        s.endpoints
+            .iter()
+            .find(|e| e.addr == addr)
+            .map_or(0, |e| e.idle)
+    };
+    let proxy = start_proxy_with(&[&[a.addr]], 2, &pool(4, true));
+    proxy.wait_for("4 idle on a", |s| s.pool.idle == 4);
+    let reload = |upstreams: &[SocketAddr], max_idle, enabled| {
+        proxy
+            .handle
+            .as_ref()
+            .expect("running")
+            .reloader()
+            .reload(test_config(&[upstreams], 2, &pool(max_idle, enabled)))
+            .expect("reload applies");
+    };
+
+    reload(&[a.addr, b.addr], 6, true);
+    let s = proxy.wait_for("b warmed to its share of 3", |s| idle_of(s, b.addr) == 3);
+    assert_eq!(idle_of(&s, a.addr), 4, "a keeps its idle connections");
+
+    reload(&[b.addr], 6, true);
+    let s = proxy.wait_for("a flushed, b at the whole 6", |s| {
+        idle_of(s, a.addr) == 0 && idle_of(s, b.addr) == 6
+    });
+    assert_eq!(s.pool.discarded(Discard::Flushed), 4, "{:?}", s.pool);
+    eventually("a's pooled connections are closed, none redialed", || {
+        a.open() == 0
+    });
+    let accepted = a.accepted();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.accepted(), accepted, "no refill of a removed endpoint");
+
+    reload(&[b.addr], 6, false);
+    let s = proxy.wait_for("every idle connection closed", |s| s.pool.idle == 0);
+    assert_eq!(s.pool.discarded(Discard::Flushed), 10, "{:?}", s.pool);
+    drop(echo_once(proxy.addr()));
+    let s = proxy.stats();
+    assert_eq!((s.total.pool_hits, s.pool.idle), (0, 0), "the pool is off");
+    proxy.stop();
+}
