@@ -40,6 +40,10 @@ connection:
     enabled: false
   buffer:
     max_in_flight: $cap
+  monitoring:
+    listen: 127.0.0.1:0    # 9090 may be taken on this host
+shutdown:
+  drain_delay: 0s          # stopped with SIGTERM between runs
 YAML
   measure "sssonector max_in_flight=$cap" target/release/sssonector --config "$work/cap$cap.yaml"
 done

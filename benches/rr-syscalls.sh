@@ -63,7 +63,7 @@ PY
 }
 
 measure "sssonector (1 worker)" target/release/sssonector --workers 1 \
-  --listen "127.0.0.1:$proxy_port" --upstream "$up"
+  --listen "127.0.0.1:$proxy_port" --upstream "$up" --admin-listen 127.0.0.1:0
 if command -v haproxy >/dev/null; then
   cat > "$work/haproxy.cfg" <<CFG
 global

@@ -27,8 +27,9 @@ pub enum Admit {
 }
 
 pub struct Admission {
-    max_active: usize,
-    max_queued: usize,
+    /// Both limits change on a reload; read with every admission.
+    max_active: AtomicUsize,
+    max_queued: AtomicUsize,
     active: AtomicUsize,
     queued: AtomicUsize,
     queue: Mutex<VecDeque<Ticket>>,
@@ -39,8 +40,8 @@ pub struct Admission {
 impl Admission {
     pub fn new(max_active: usize, max_queued: usize, workers: usize) -> Admission {
         Admission {
-            max_active: max_active.max(1),
-            max_queued,
+            max_active: AtomicUsize::new(max_active.max(1)),
+            max_queued: AtomicUsize::new(max_queued),
             active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
@@ -59,7 +60,7 @@ impl Admission {
     fn try_take_slot(&self) -> bool {
         self.active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_active).then_some(n + 1)
+                (n < self.max_active.load(Ordering::SeqCst)).then_some(n + 1)
             })
             .is_ok()
     }
@@ -84,7 +85,7 @@ impl Admission {
         if q.is_empty() && self.try_take_slot() {
             return Admit::Now;
         }
-        if q.len() >= self.max_queued {
+        if q.len() >= self.max_queued.load(Ordering::SeqCst) {
             return Admit::Rejected;
         }
         q.push_back(ticket);
@@ -92,6 +93,15 @@ impl Admission {
         // A slot may have been released between our check and the push.
         self.grant_locked(&mut q, woken);
         Admit::Queued
+    }
+
+    /// New limits (a reload). A higher `max_active` serves waiting clients at once; a
+    /// lower one lets the sessions above it finish and admits nobody until under it.
+    pub fn set_limits(&self, max_active: usize, max_queued: usize, woken: &mut Vec<usize>) {
+        self.max_active.store(max_active.max(1), Ordering::SeqCst);
+        self.max_queued.store(max_queued, Ordering::SeqCst);
+        let mut q = self.lock_queue();
+        self.grant_locked(&mut q, woken);
     }
 
     /// Gives a session's slot back; the oldest waiting client gets it.
@@ -175,6 +185,17 @@ mod tests {
         assert_eq!(a.queued(), 0);
         a.release(&mut woken);
         assert_eq!(a.admit(ticket(0, 5), &mut woken), Admit::Now);
+    }
+
+    #[test]
+    fn raising_the_limit_serves_the_queue() {
+        let a = Admission::new(1, 10, 1);
+        let mut woken = Vec::new();
+        assert_eq!(a.admit(ticket(0, 1), &mut woken), Admit::Now);
+        assert_eq!(a.admit(ticket(0, 2), &mut woken), Admit::Queued);
+        a.set_limits(2, 10, &mut woken);
+        assert_eq!(woken, [0]);
+        assert_eq!((a.active(), a.queued()), (2, 0));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The endpoint prober: a control thread that TCP-connects to every endpoint each
-//! `health_check.interval` (within `timeout`) and feeds the shared endpoint table.
+//! `health_check.interval` (within `timeout`) and feeds the shared endpoint table. It
+//! reads `health_check` from [`Shared`] on every round, so a reload takes effect at the
+//! next one; while health checks are off it only waits.
 
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -12,23 +14,34 @@ use crate::upstream::Transition;
 use crate::worker::Shared;
 
 /// Starts the prober; it stops when the proxy stops.
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
-    cfg: HealthCheckConfig,
-) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sssonector-health".into())
-        .spawn(move || run(&shared, &cfg))
+        .spawn(move || run(&shared))
 }
 
-fn run(shared: &Shared, cfg: &HealthCheckConfig) {
-    let mut next = crate::deadline::after(Instant::now(), cfg.interval);
+fn config(shared: &Shared) -> HealthCheckConfig {
+    shared
+        .health_config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+fn run(shared: &Shared) {
+    let mut last = Instant::now();
     while !shared.stopping() {
-        if Instant::now() < next {
-            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
+        let cfg = config(shared);
+        let next = crate::deadline::after(last, cfg.interval);
+        if !cfg.enabled || Instant::now() < next {
+            if !cfg.enabled {
+                last = Instant::now();
+            }
+            let wait = next.saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.clamp(Duration::from_millis(1), Duration::from_millis(50)));
             continue;
         }
-        next = crate::deadline::after(next, cfg.interval);
+        last = next.max(Instant::now().checked_sub(cfg.interval).unwrap_or(next));
         probe_all(shared, cfg.timeout);
     }
 }
@@ -37,33 +50,41 @@ fn run(shared: &Shared, cfg: &HealthCheckConfig) {
 /// does not delay the verdict on the others.
 fn probe_all(shared: &Shared, timeout: Duration) {
     let table = &shared.endpoints;
-    let results: Vec<Option<bool>> = std::thread::scope(|s| {
+    let results: Vec<(usize, Option<bool>)> = std::thread::scope(|s| {
+        // Retired endpoints (removed by a reload) are not probed.
         let probes: Vec<_> = (0..table.len())
+            .filter(|&id| !table.is_retired(id))
             .map(|id| {
                 let addr = table.get(id).addr;
-                s.spawn(move || match TcpStream::connect_timeout(&addr, timeout) {
-                    Ok(_) => Some(true),
-                    // Out of descriptors or memory here says nothing about the endpoint:
-                    // counting it would mark a healthy endpoint down whenever the proxy
-                    // runs out of fds (and keep it down for `rise` rounds after).
-                    Err(e) if is_local_shortage(&e) => None,
-                    Err(_) => Some(false),
-                })
+                (
+                    id,
+                    s.spawn(move || match TcpStream::connect_timeout(&addr, timeout) {
+                        Ok(_) => Some(true),
+                        // Out of descriptors or memory here says nothing about the
+                        // endpoint: counting it would mark a healthy endpoint down whenever
+                        // the proxy runs out of fds (and keep it down for `rise` rounds).
+                        Err(e) if is_local_shortage(&e) => None,
+                        Err(_) => Some(false),
+                    }),
+                )
             })
             .collect();
         probes
             .into_iter()
-            .map(|p| p.join().unwrap_or(Some(false)))
+            .map(|(id, p)| (id, p.join().unwrap_or(Some(false))))
             .collect()
     });
     let mut changed = false;
     let mut skipped = 0;
-    for (id, ok) in results.into_iter().enumerate() {
+    for (id, ok) in results {
         let Some(ok) = ok else {
             skipped += 1;
             continue;
         };
         let e = table.get(id);
+        e.last_probe_ms
+            .store(crate::metrics::monotonic_ms() + 1, Ordering::Relaxed);
+        e.last_probe_ok.store(ok, Ordering::Relaxed);
         if !ok {
             e.probes_failed.fetch_add(1, Ordering::Relaxed);
         }

@@ -15,13 +15,20 @@
 //! - [`health`]: the prober thread (TCP connect with rise/fall thresholds).
 //! - [`relay`]: one session's two directions: receive, send, half-close, backpressure.
 //! - [`worker`]: one thread, one ring, its listeners, its table; the completion loop.
-//! - [`metrics`]: counters each worker publishes, and their descriptions.
+//! - [`metrics`]: counters and histograms each worker publishes, and the snapshot of them.
+//! - [`telemetry`]: the Prometheus exposition: every metric described once, interval gauges.
+//! - [`view`]: the read-only view of a running proxy that the control plane uses.
+//! - [`admin`]: the admin HTTP server: `/metrics`, `/healthz`, `/readyz`, status page.
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
+//! - [`reload`]: applying a new configuration to the running proxy.
+//! - [`logging`]: rate-limited logging of repeating errors.
 //! - [`loadgen`]: the load generator behind `sssonector demo` and the benchmarks.
 //! - [`demo`]: `sssonector demo`: the proxy on the embedded default config, in front of a
 //!   built-in echo upstream, under a short load.
 //!
 //! [`start`] binds every listener, spawns the workers and returns a [`ProxyHandle`].
 
+pub mod admin;
 pub mod admission;
 pub mod buffer;
 pub mod config;
@@ -31,13 +38,19 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod loadgen;
+pub mod logging;
 pub mod metrics;
 pub mod relay;
+pub mod reload;
+pub mod signals;
+pub mod telemetry;
 pub mod upstream;
 pub mod uring;
+pub mod view;
 pub mod worker;
 
 pub use config::Config;
 pub use error::{ConfigError, ProxyError};
 pub use metrics::StatsSnapshot;
-pub use worker::{start, ProxyHandle};
+pub use view::ProxyView;
+pub use worker::{start, ProxyHandle, ShutdownTrigger};

@@ -25,6 +25,13 @@ struct Cli {
     /// Worker threads (`auto` or a number); overrides the config file.
     #[arg(long, global = true)]
     workers: Option<String>,
+    /// Address of the admin HTTP server; overrides `connection.monitoring.listen`
+    /// (port 0 picks a free port, logged at start).
+    #[arg(long, global = true)]
+    admin_listen: Option<String>,
+    /// Log line format on stderr: `text` or `json` (one object per line, for collectors).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: sssonector::logging::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,14 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SSSONECTOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    sssonector::logging::init(cli.log_format);
 
     match cli.command {
         Some(Command::Demo { duration }) => report(sssonector::demo::run(duration)),
@@ -68,40 +68,39 @@ fn main() -> ExitCode {
             Err(e) => report(Err(e)),
         },
         None => match load_config(&cli) {
-            Ok(config) => report(run(config)),
+            Ok(config) => report(run(config, cli)),
             Err(e) => report(Err(e)),
         },
     }
 }
 
-/// Builds the config from `--config` and/or `--listen/--upstream/--workers`, and tries
-/// its listen addresses (a busy port is the configuration's problem, reported with the
-/// key and line, for `check` as for a start).
+/// Builds the config from `--config` and/or `--listen/--upstream/--workers/--admin-listen`,
+/// and tries its listen addresses (a busy port is the configuration's problem, reported
+/// with the key and line, for `check` as for a start).
 fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
-    let config = Config::from_cli(
-        cli.config.as_deref(),
-        cli.listen.as_deref(),
-        &cli.upstream,
-        cli.workers.as_deref(),
-    )?;
+    let config = read_config(cli)?;
     config.probe_listeners()?;
     Ok(config)
 }
 
-fn run(config: Config) -> Result<(), ProxyError> {
+/// The config from the file and flags, validated, without the trial bind: a reload reads
+/// it again while the running proxy holds its listen addresses.
+fn read_config(cli: &Cli) -> Result<Config, ProxyError> {
+    Ok(Config::from_cli_with_admin(
+        cli.config.as_deref(),
+        cli.listen.as_deref(),
+        &cli.upstream,
+        cli.workers.as_deref(),
+        cli.admin_listen.as_deref(),
+    )?)
+}
+
+fn run(config: Config, cli: Cli) -> Result<(), ProxyError> {
+    let signals = sssonector::signals::ProcessSignals::install()?;
     // Kept to report a bind that fails after the probe (a port taken in between) as the
     // configuration error it is.
     let loaded = config.clone();
-    // Installed before the listeners exist: a SIGTERM that arrives while the workers
-    // start is handled (exit 0 after the stop), not the default action (killed).
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).map_err(|source| {
-            ProxyError::Internal {
-                what: "cannot install signal handlers".into(),
-                source,
-            }
-        })?;
-    let handle = sssonector::start(config).map_err(|e| match e {
+    let mut handle = sssonector::start(config).map_err(|e| match e {
         ProxyError::Bind { name, addr, source }
             if sssonector::config::is_bind_config_error(&source) =>
         {
@@ -109,13 +108,20 @@ fn run(config: Config) -> Result<(), ProxyError> {
         }
         other => other,
     })?;
-    let trigger = handle.shutdown_trigger();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "shutting down");
-            trigger.trigger();
-        }
+    let started = handle.start_admin().and_then(|_| {
+        // A reload reads the file and flags again, exactly as at start (and as `check`,
+        // less the trial bind of addresses this proxy holds).
+        signals.spawn(
+            handle.shutdown_trigger(),
+            handle.view(),
+            handle.reloader(),
+            Box::new(move || read_config(&cli)),
+        )
     });
+    if let Err(e) = started {
+        let _ = handle.shutdown();
+        return Err(e);
+    }
     handle.wait()
 }
 

@@ -65,10 +65,17 @@ impl Worker {
                 let now_ms = self.now_ms;
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending && d.queue.len() < cap;
+                let ep = self.endpoint_counters.get_mut(s.endpoint as usize);
                 if dir == CLIENT_TO_UPSTREAM {
                     self.counters.bytes_client_to_upstream += n as u64;
+                    if let Some(c) = ep {
+                        c.bytes_to += n as u64;
+                    }
                 } else {
                     self.counters.bytes_upstream_to_client += n as u64;
+                    if let Some(c) = ep {
+                        c.bytes_from += n as u64;
+                    }
                 }
                 self.table.touch(key, now_ms);
                 if gather {
@@ -100,7 +107,7 @@ impl Worker {
             (e, slot) => {
                 self.drop_received(slot);
                 if e != -libc::ECANCELED {
-                    self.count_peer_error(dir, true, e);
+                    self.count_peer_error(key, dir, true, e);
                     // The source of `dir` failed.
                     self.peer_failed(key, gen, dir == CLIENT_TO_UPSTREAM);
                 }
@@ -192,7 +199,7 @@ impl Worker {
         }
         if res <= 0 {
             if res != -libc::ECANCELED {
-                self.count_peer_error(dir, false, res);
+                self.count_peer_error(key, dir, false, res);
                 // The destination of `dir` failed.
                 self.peer_failed(key, gen, dir != CLIENT_TO_UPSTREAM);
             }
@@ -303,16 +310,35 @@ impl Worker {
         }
     }
 
-    fn count_peer_error(&mut self, dir: usize, receiving: bool, res: i32) {
+    fn count_peer_error(&mut self, key: usize, dir: usize, receiving: bool, res: i32) {
         // Receiving on direction 0, or sending on direction 1, talks to the client.
         let client_side = (dir == CLIENT_TO_UPSTREAM) == receiving;
-        let err = std::io::Error::from_raw_os_error(-res);
         if client_side {
             self.counters.client_errors += 1;
-            tracing::debug!("client: {err}");
         } else {
             self.counters.upstream_errors += 1;
-            tracing::debug!("upstream: {err}");
+        }
+        // Resets come in bursts when a peer dies: one line per second, with a count.
+        let Some(held_back) = self.log_limits.peer_errors.hit() else {
+            return;
+        };
+        let err = std::io::Error::from_raw_os_error(-res);
+        let Some(s) = self.table.get(key) else {
+            return;
+        };
+        if client_side {
+            // getpeername fails on a reset socket; with debug logging on, the address
+            // taken at accept is kept.
+            let peer = match self.debug_peers.get(&key) {
+                Some(a) => a.to_string(),
+                None => crate::uring::sys::peer_addr(s.client_fd)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "unknown (enable debug logging to keep it)".into()),
+            };
+            tracing::warn!(client = %peer, held_back, "client: {err}");
+        } else {
+            let peer = self.shared_endpoint_addr(s.endpoint as usize);
+            tracing::warn!(upstream = %peer, held_back, "upstream: {err}");
         }
     }
 }

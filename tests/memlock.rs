@@ -46,6 +46,8 @@ fn memlock_fallback_still_relays() {
             &up.addr.to_string(),
             "--workers",
             "1",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .env("SSSONECTOR_LOG", "info")
         .stderr(Stdio::piped())

@@ -305,6 +305,8 @@ impl Proxy {
                 cmd.arg("--config")
                     .arg(&path)
                     .args(["--workers", "1"])
+                    // The admin server on a free port: 9090 may be taken on this host.
+                    .args(["--admin-listen", "127.0.0.1:0"])
                     .env("SSSONECTOR_LOG", "warn")
                     // Keep a panic to its message: it ends up in the failure line.
                     .env("RUST_BACKTRACE", "0");

@@ -1,5 +1,5 @@
-//! The config from a file plus the `--listen/--upstream/--workers` flags, and the
-//! effective configuration `sssonector check` prints.
+//! The config from a file plus the `--listen/--upstream/--workers/--admin-listen` flags,
+//! and the effective configuration `sssonector check` prints.
 
 use std::path::Path;
 
@@ -18,6 +18,19 @@ impl Config {
         listen: Option<&str>,
         upstreams: &[String],
         workers: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_cli_with_admin(path, listen, upstreams, workers, None)
+    }
+
+    /// [`from_cli`](Self::from_cli) plus `--admin-listen`, which overrides
+    /// `connection.monitoring.listen` before validation (so that it, not the file's
+    /// address, is checked against the listeners).
+    pub fn from_cli_with_admin(
+        path: Option<&Path>,
+        listen: Option<&str>,
+        upstreams: &[String],
+        workers: Option<&str>,
+        admin_listen: Option<&str>,
     ) -> Result<Config, ConfigError> {
         let (mut config, text) = match path {
             Some(p) => {
@@ -73,11 +86,16 @@ impl Config {
         if let Some(w) = workers {
             config.workers = w.parse().map_err(|m| invalid("--workers", None, m))?;
         }
+        if let Some(a) = admin_listen {
+            config.connection.monitoring.listen =
+                values::parse_listen(a).map_err(|m| invalid("--admin-listen", None, m))?;
+        }
 
         config.source = Source {
             path: path.map(|p| p.display().to_string()),
             text: text.map(Into::into),
             cli_listener,
+            admin_flag: admin_listen.is_some(),
         };
         match (config.validate_in(), path) {
             (Ok(()), _) => Ok(config),
@@ -124,10 +142,22 @@ impl Config {
             )),
             None => out.push_str("# sessions: never closed for inactivity (idle_timeout 0)\n"),
         }
-        out.push_str(
-            "# monitoring: enabled, metrics_interval and listen are accepted and validated \
-             but have no effect yet: the admin endpoint that uses them is not built\n",
-        );
+        let m = &c.monitoring;
+        out.push_str(&format!(
+            "# admin: http://{}/ (status page), /healthz, /readyz{}\n",
+            m.listen,
+            if m.enabled {
+                ", /metrics"
+            } else {
+                "; metrics off (/metrics answers 404)"
+            }
+        ));
+        out.push_str(&format!(
+            "# shutdown: on SIGTERM/SIGINT /readyz fails, listeners close after {}, sessions \
+             in flight get {} more\n",
+            duration::format(self.shutdown.drain_delay),
+            duration::format(self.shutdown.grace_period)
+        ));
         match serde_yaml::to_string(self) {
             Ok(yaml) => out.push_str(&schema::annotate(&yaml)),
             Err(e) => out.push_str(&format!("# cannot render the configuration: {e}\n")),

@@ -61,6 +61,8 @@ pub struct Config {
     pub workers: Workers,
     #[serde(default)]
     pub connection: ConnectionConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// Where the config came from, for errors found after loading (a busy port).
     #[serde(skip)]
     pub(crate) source: Source,
@@ -72,6 +74,8 @@ pub(crate) struct Source {
     pub path: Option<String>,
     pub text: Option<Arc<str>>,
     pub cli_listener: Option<usize>,
+    /// `connection.monitoring.listen` comes from `--admin-listen`.
+    pub admin_flag: bool,
 }
 
 /// Where a config came from does not make two configs different.
@@ -392,8 +396,9 @@ impl Default for BufferConfig {
     }
 }
 
-/// `connection.monitoring`: metrics publishing and the admin HTTP endpoint. Accepted and
-/// validated; nothing uses it until the admin endpoint exists.
+/// `connection.monitoring`: the metrics and the admin HTTP server (`/metrics`, `/healthz`,
+/// `/readyz`, a status page at `/`). `enabled: false` turns only the metrics off; the
+/// server itself stays on for the health endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringConfig {
@@ -420,6 +425,29 @@ impl Default for MonitoringConfig {
     }
 }
 
+/// `shutdown`: the drain that SIGTERM and SIGINT start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long listeners keep accepting after the signal while `/readyz` fails, so that
+    /// load balancers stop routing here first.
+    #[serde(with = "duration::serde")]
+    pub drain_delay: Duration,
+    /// How long sessions in flight may take to finish once the listeners closed; what is
+    /// left then is closed.
+    #[serde(with = "duration::serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_delay: Duration::from_secs(5),
+            grace_period: Duration::from_secs(20),
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
@@ -433,6 +461,7 @@ impl Config {
             path: None,
             text: Some(text.into()),
             cli_listener: None,
+            admin_flag: false,
         };
         config.validate_in()?;
         Ok(config)

@@ -267,19 +267,28 @@ const COMMENTS: &[(&str, &str)] = &[
     ),
     (
         "connection.monitoring",
-        "accepted and validated; no effect yet (no admin endpoint)",
+        "the metrics and the admin HTTP server",
     ),
     (
         "connection.monitoring.enabled",
-        "no effect yet: the admin endpoint is not built",
+        "false: /metrics answers 404; /healthz, /readyz and / stay on",
     ),
     (
         "connection.monitoring.metrics_interval",
-        "no effect yet: the admin endpoint is not built",
+        "window of the interval gauges (errors, failed checks, allocation rate)",
     ),
     (
         "connection.monitoring.listen",
-        "no effect yet: nothing listens here",
+        "admin HTTP: /metrics /healthz /readyz and a status page at /; --admin-listen",
+    ),
+    ("shutdown", "the drain on SIGTERM/SIGINT"),
+    (
+        "shutdown.drain_delay",
+        "listeners keep accepting this long while /readyz fails",
+    ),
+    (
+        "shutdown.grace_period",
+        "then sessions in flight have this long to finish",
     ),
 ];
 
@@ -356,6 +365,8 @@ mod tests {
             "connection.pool.max_idle",
             "connection.session.idle_timeout",
             "connection.monitoring.listen",
+            "shutdown.drain_delay",
+            "shutdown.grace_period",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} in {paths:?}");
         }

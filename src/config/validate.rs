@@ -18,6 +18,7 @@ use crate::buffer::MAX_SLOTS;
 pub struct Validator<'a> {
     text: Option<&'a str>,
     cli_listener: Option<usize>,
+    admin_flag: bool,
 }
 
 impl<'a> Validator<'a> {
@@ -25,6 +26,7 @@ impl<'a> Validator<'a> {
         Validator {
             text: source.text.as_deref(),
             cli_listener: source.cli_listener,
+            admin_flag: source.admin_flag,
         }
     }
 
@@ -339,7 +341,8 @@ impl<'a> Validator<'a> {
         m: &MonitoringConfig,
         listeners: &[ListenerConfig],
     ) -> Result<(), ConfigError> {
-        if !m.enabled || m.listen.port() == 0 {
+        // The admin server listens even with metrics off (health endpoints, status page).
+        if m.listen.port() == 0 {
             return Ok(());
         }
         let Some((i, l)) = listeners
@@ -350,6 +353,16 @@ impl<'a> Validator<'a> {
             return Ok(());
         };
         let key = "connection.monitoring.listen";
+        if self.admin_flag {
+            return Err(invalid(
+                "--admin-listen",
+                None,
+                format!(
+                    "{} overlaps listener `{}` ({}): choose another admin address",
+                    m.listen, l.name, l.listen
+                ),
+            ));
+        }
         if self.present(key) || m.listen != DEFAULT_ADMIN_LISTEN {
             return Err(self.err(
                 key,
@@ -364,8 +377,8 @@ impl<'a> Validator<'a> {
             format!(
                 "{} overlaps the default admin address {DEFAULT_ADMIN_LISTEN} \
                  (`connection.monitoring.listen`, not set in this file): move it with \
-                 `connection.monitoring.listen: 127.0.0.1:{}`, turn it off with \
-                 `connection.monitoring.enabled: false`, or listen on another port",
+                 `connection.monitoring.listen: 127.0.0.1:{}` (or `--admin-listen`), or \
+                 listen on another port",
                 l.listen,
                 DEFAULT_ADMIN_LISTEN.port() + 1
             ),

@@ -67,7 +67,9 @@ pub struct Session {
     pub endpoint: u16,
     pub dirs: [Direction; 2],
     /// Submitted ops of this session whose last completion has not arrived.
-    pub ops: u32,
+    /// u16 (a session has a handful of ops at most): with `retries`, it makes room for
+    /// `started_ms` within 80 bytes.
+    pub ops: u16,
     /// Close with RST (SO_LINGER 0) rather than FIN: a peer reset or an error.
     pub reset: bool,
     /// One peer failed and the other is being given what was queued for it: at the close
@@ -84,9 +86,12 @@ pub struct Session {
     /// listener's endpoint list, the first 64 only).
     pub tried: u64,
     /// Dial attempts after the first.
-    pub retries: u32,
-    /// Worker clock (ms) of the last byte either way; for a queued client, when it queued.
+    pub retries: u16,
+    /// Worker clock (ms) of the last byte either way; for a queued client, when it queued;
+    /// while dialing, when the dial started.
     pub last_active: u64,
+    /// Worker clock (ms, wrapping) when the session started relaying: its duration.
+    pub started_ms: u32,
     prev: u32,
     next: u32,
     in_list: bool,
@@ -153,6 +158,7 @@ impl ConnTable {
             tried: 0,
             retries: 0,
             last_active: now_ms,
+            started_ms: now_ms as u32,
             prev: NIL,
             next: NIL,
             in_list: false,

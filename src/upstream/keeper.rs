@@ -39,7 +39,7 @@ fn run<H: KeeperHost>(host: &H) {
         let now = Instant::now();
         let timeout = pool
             .lock()
-            .next_deadline(pool.idle_timeout)
+            .next_deadline()
             .map(|d| d.saturating_duration_since(now).min(KEEPER_TICK))
             .unwrap_or(KEEPER_TICK);
         // Rounded up: waking a millisecond early would only sleep again.
@@ -72,6 +72,7 @@ fn run<H: KeeperHost>(host: &H) {
         for fd in removed.fds.drain(..) {
             sys::discard_unread(fd.as_raw_fd());
         }
+        let idle_timeout = pool.idle_timeout();
         for (ep, t) in removed.learned {
             tracing::warn!(
                 upstream = %host.endpoints().get(ep).addr,
@@ -79,7 +80,7 @@ fn run<H: KeeperHost>(host: &H) {
                  (pool.idle_timeout is {:?}); retiring them at {:.1?} from now on. Set \
                  connection.pool.idle_timeout below {:.1?} to keep this from happening",
                 t,
-                pool.idle_timeout,
+                idle_timeout,
                 t * 4 / 5,
                 t
             );

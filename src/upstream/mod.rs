@@ -3,35 +3,82 @@
 pub(crate) mod keeper;
 mod pool;
 
-pub use pool::{close_unused, Discard, IdleConn, PoolStats, WarmPool, MAX_POOL_DIALS};
+pub use pool::{close_unused, Discard, IdleConn, PoolStats, Reconfigure, WarmPool, MAX_POOL_DIALS};
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 
 use crate::config::Balance;
+
+/// Endpoint ids ever created, across reloads: a reload that would need more is refused
+/// (the per-worker tables indexed by id only grow).
+pub const MAX_ENDPOINTS: usize = 1024;
 
 /// One endpoint's shared state: written by the health prober (and by workers' dial
 /// failures), read by every worker when it picks an endpoint or sweeps its pool.
 #[derive(Debug)]
 pub struct EndpointState {
     pub addr: SocketAddr,
+    /// The listener whose upstream it is (config order).
+    pub listener: usize,
     up: AtomicBool,
-    /// Bumped on every up->down transition: a worker that sees a new value flushes the
-    /// endpoint's idle pool.
+    /// A reload removed it from its listener: no new sessions, no pool; sessions already
+    /// on it go on.
+    retired: AtomicBool,
+    /// Bumped on every up->down transition (and on retirement): a worker that sees a new
+    /// value flushes the endpoint's idle pool.
     down_epoch: AtomicU64,
     consecutive_ok: AtomicU32,
     consecutive_fail: AtomicU32,
     /// Sessions using this endpoint, across workers (for `least_active`).
     pub active: AtomicUsize,
     pub probes_failed: AtomicU64,
+    /// Dial attempts that failed, clients' and pool dials (not per packet: per dial).
+    pub connect_errors: AtomicU64,
+    /// [`crate::metrics::monotonic_ms`] of the last health probe plus one (0 = none yet).
+    pub last_probe_ms: AtomicU64,
+    pub last_probe_ok: AtomicBool,
 }
 
-/// Every endpoint of every listener, in worker order (the index is the endpoint id).
+impl EndpointState {
+    const fn new(listener: usize, addr: SocketAddr) -> EndpointState {
+        EndpointState {
+            addr,
+            listener,
+            // Optimistic start: the pool warms at once; the first probes (or dial
+            // failures) correct it.
+            up: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
+            down_epoch: AtomicU64::new(0),
+            consecutive_ok: AtomicU32::new(0),
+            consecutive_fail: AtomicU32::new(0),
+            active: AtomicUsize::new(0),
+            probes_failed: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
+            last_probe_ok: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What `get` returns for an id that does not exist (never handed out by the table).
+static NO_ENDPOINT: EndpointState = EndpointState::new(
+    usize::MAX,
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+);
+
+/// Every endpoint of every listener (the index is the endpoint id). Append-only: a
+/// reload adds endpoints and retires others, so an id stays valid for the sessions and
+/// per-worker tables that hold it, and readers need no lock.
 #[derive(Debug)]
 pub struct EndpointTable {
-    endpoints: Vec<EndpointState>,
-    rise: u32,
-    fall: u32,
+    slots: Box<[OnceLock<EndpointState>]>,
+    len: AtomicUsize,
+    /// Serialises appends.
+    append: Mutex<()>,
+    rise: AtomicU32,
+    fall: AtomicU32,
 }
 
 /// What a health observation changed.
@@ -43,61 +90,119 @@ pub enum Transition {
 }
 
 impl EndpointTable {
+    /// Endpoints of listener 0 (tests).
     pub fn new(addrs: &[SocketAddr], rise: u32, fall: u32) -> EndpointTable {
-        EndpointTable {
-            endpoints: addrs
-                .iter()
-                .map(|&addr| EndpointState {
-                    addr,
-                    // Optimistic start: the pool warms at once; the first probes (or
-                    // dial failures) correct it.
-                    up: AtomicBool::new(true),
-                    down_epoch: AtomicU64::new(0),
-                    consecutive_ok: AtomicU32::new(0),
-                    consecutive_fail: AtomicU32::new(0),
-                    active: AtomicUsize::new(0),
-                    probes_failed: AtomicU64::new(0),
-                })
-                .collect(),
-            rise: rise.max(1),
-            fall: fall.max(1),
+        EndpointTable::per_listener(&[addrs.to_vec()], rise, fall)
+    }
+
+    /// Each listener's endpoints, in order: listener 0's get the first ids.
+    pub fn per_listener(listeners: &[Vec<SocketAddr>], rise: u32, fall: u32) -> EndpointTable {
+        let t = EndpointTable {
+            slots: (0..MAX_ENDPOINTS).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            append: Mutex::new(()),
+            rise: AtomicU32::new(rise.max(1)),
+            fall: AtomicU32::new(fall.max(1)),
+        };
+        for (l, addrs) in listeners.iter().enumerate() {
+            for addr in addrs {
+                let _ = t.add(l, *addr);
+            }
         }
+        t
     }
 
     pub fn len(&self) -> usize {
-        self.endpoints.len()
+        self.len.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
+        self.len() == 0
     }
 
     pub fn get(&self, id: usize) -> &EndpointState {
-        &self.endpoints[id]
+        self.slots
+            .get(id)
+            .and_then(OnceLock::get)
+            .unwrap_or(&NO_ENDPOINT)
     }
 
+    /// Healthy and not retired: it may get new sessions and a warm pool.
     pub fn is_up(&self, id: usize) -> bool {
-        self.endpoints[id].up.load(Relaxed)
+        let e = self.get(id);
+        e.up.load(Relaxed) && !e.retired.load(Relaxed)
+    }
+
+    pub fn is_retired(&self, id: usize) -> bool {
+        self.get(id).retired.load(Relaxed)
     }
 
     pub fn down_epoch(&self, id: usize) -> u64 {
-        self.endpoints[id].down_epoch.load(Relaxed)
+        self.get(id).down_epoch.load(Relaxed)
+    }
+
+    /// The id of `addr` as an endpoint of `listener`, retired or not.
+    pub fn find(&self, listener: usize, addr: SocketAddr) -> Option<usize> {
+        (0..self.len()).find(|&id| {
+            let e = self.get(id);
+            e.listener == listener && e.addr == addr
+        })
+    }
+
+    /// Appends an endpoint; `None` when [`MAX_ENDPOINTS`] are used.
+    pub fn add(&self, listener: usize, addr: SocketAddr) -> Option<usize> {
+        let _guard = self.append.lock().unwrap_or_else(|p| p.into_inner());
+        let id = self.len();
+        self.slots
+            .get(id)?
+            .set(EndpointState::new(listener, addr))
+            .ok()?;
+        self.len.store(id + 1, std::sync::atomic::Ordering::Release);
+        Some(id)
+    }
+
+    /// Takes an endpoint out of service (a reload removed it): workers flush its idle
+    /// pool, stop refilling it and give it no new session.
+    pub fn retire(&self, id: usize) {
+        let e = self.get(id);
+        if !e.retired.swap(true, Relaxed) {
+            e.down_epoch.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Puts a retired endpoint back in service (a reload added it again).
+    pub fn revive(&self, id: usize) {
+        self.get(id).retired.store(false, Relaxed);
+    }
+
+    pub fn set_thresholds(&self, rise: u32, fall: u32) {
+        self.rise.store(rise.max(1), Relaxed);
+        self.fall.store(fall.max(1), Relaxed);
+    }
+
+    /// Health checks were turned off: nothing will mark an endpoint up again, so all are.
+    pub fn mark_all_up(&self) {
+        for id in 0..self.len() {
+            let e = self.get(id);
+            e.up.store(true, Relaxed);
+            e.consecutive_fail.store(0, Relaxed);
+        }
     }
 
     /// Records a probe (or dial) result; `fall` failures in a row mark an endpoint down,
     /// `rise` successes in a row mark it up again.
     pub fn observe(&self, id: usize, ok: bool) -> Transition {
-        let e = &self.endpoints[id];
+        let e = self.get(id);
         if ok {
             e.consecutive_fail.store(0, Relaxed);
             let n = e.consecutive_ok.fetch_add(1, Relaxed) + 1;
-            if n >= self.rise && !e.up.swap(true, Relaxed) {
+            if n >= self.rise.load(Relaxed) && !e.up.swap(true, Relaxed) {
                 return Transition::CameUp;
             }
         } else {
             e.consecutive_ok.store(0, Relaxed);
             let n = e.consecutive_fail.fetch_add(1, Relaxed) + 1;
-            if n >= self.fall && e.up.swap(false, Relaxed) {
+            if n >= self.fall.load(Relaxed) && e.up.swap(false, Relaxed) {
                 e.down_epoch.fetch_add(1, Relaxed);
                 return Transition::WentDown;
             }
@@ -248,6 +353,23 @@ mod tests {
             Some(65),
             "least_active excludes by position too"
         );
+    }
+
+    #[test]
+    fn retired_endpoints_keep_their_id_and_are_not_up() {
+        let t = table(2);
+        let a = t.get(0).addr;
+        t.retire(0);
+        assert!(!t.is_up(0));
+        assert_eq!(t.down_epoch(0), 1, "workers flush its pool");
+        assert_eq!(t.find(0, a), Some(0));
+        t.revive(0);
+        assert!(t.is_up(0));
+        let new = SocketAddr::from(([127, 0, 0, 1], 9));
+        assert_eq!(t.add(0, new), Some(2));
+        assert_eq!(t.find(0, new), Some(2));
+        assert_eq!(t.find(1, new), None, "ids are per listener");
+        assert_eq!(t.get(99).addr.port(), 0, "an unknown id is no endpoint");
     }
 
     #[test]

@@ -99,10 +99,16 @@ pub enum SendOp {
 pub struct Ring {
     ring: IoUring,
     pub buffers: BufferRegistry,
-    /// Never grows after construction, so connect ops may point into it.
-    endpoints: Vec<RawSockAddr>,
+    /// Boxed, so that growing the Vec (a reload adds endpoints) never moves an address a
+    /// connect op points at.
+    #[allow(clippy::vec_box)]
+    endpoints: Vec<Box<RawSockAddr>>,
     connect_timeout: Box<Timespec>,
     retry_interval: Box<Timespec>,
+    /// Timespecs replaced by a reload: a queued op may still point at one, so they live
+    /// as long as the ring (a few bytes per reload).
+    #[allow(clippy::vec_box)]
+    retired_timespecs: Vec<Box<Timespec>>,
     tick: Box<Timespec>,
     wake_counter: Box<u64>,
     /// Boxed: the Vec grows while sends point into earlier messages.
@@ -149,9 +155,13 @@ impl Ring {
         Ring {
             ring,
             buffers,
-            endpoints: endpoints.iter().map(|a| RawSockAddr::new(*a)).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|a| Box::new(RawSockAddr::new(*a)))
+                .collect(),
             connect_timeout: timespec(connect_timeout),
             retry_interval: timespec(retry_interval),
+            retired_timespecs: Vec::new(),
             tick: timespec(tick),
             wake_counter: Box::new(0),
             msgs: Vec::new(),
@@ -160,6 +170,24 @@ impl Ring {
             in_flight: 0,
             tick_one_shot: false,
         }
+    }
+
+    /// Endpoint addresses known to this ring (ids `0..endpoints()`).
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// A reload added an endpoint: it gets the next id.
+    pub fn add_endpoint(&mut self, addr: SocketAddr) {
+        self.endpoints.push(Box::new(RawSockAddr::new(addr)));
+    }
+
+    /// A reload changed the dial timeouts; ops already queued keep the old values.
+    pub fn set_dial_timeouts(&mut self, connect_timeout: Duration, retry_interval: Duration) {
+        let old = std::mem::replace(&mut self.connect_timeout, timespec(connect_timeout));
+        self.retired_timespecs.push(old);
+        let old = std::mem::replace(&mut self.retry_interval, timespec(retry_interval));
+        self.retired_timespecs.push(old);
     }
 
     /// Registers the buffer registry's slots and provided ring with this ring.

@@ -133,6 +133,13 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
 
+/// Takes a listening socket out of LISTEN (Linux): connects to its port are refused
+/// from now on, and a pending accept on it completes with an error. The fd stays open.
+pub fn shutdown_listener(fd: RawFd) {
+    // SAFETY: shutdown(2) has no memory arguments.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// Closes a socket the caller owns as a raw fd; with `reset`, the peer gets an RST.
 pub fn close(fd: RawFd, reset: bool) {
     if fd < 0 {

@@ -2,6 +2,10 @@
 //! on 127.0.0.1:0.
 #![allow(dead_code)]
 
+mod process;
+#[allow(unused_imports)]
+pub use process::BinaryProxy;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -81,6 +85,17 @@ pub fn start_proxy_with(
     workers: usize,
     connection: &str,
 ) -> TestProxy {
+    let config = test_config(upstreams, workers, connection);
+    let handle = sssonector::start(config).expect("proxy starts");
+    let addrs = handle.listen_addrs().into_iter().map(|(_, a)| a).collect();
+    TestProxy {
+        handle: Some(handle),
+        addrs,
+    }
+}
+
+/// The config [`start_proxy_with`] runs (a reload test builds the next one the same way).
+pub fn test_config(upstreams: &[&[SocketAddr]], workers: usize, connection: &str) -> Config {
     let mut yaml = String::from("listeners:\n");
     for (i, ups) in upstreams.iter().enumerate() {
         let list: Vec<String> = ups.iter().map(|a| a.to_string()).collect();
@@ -94,13 +109,7 @@ pub fn start_proxy_with(
         yaml += "connection:\n";
         yaml += connection;
     }
-    let config = Config::parse(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
-    let handle = sssonector::start(config).expect("proxy starts");
-    let addrs = handle.listen_addrs().into_iter().map(|(_, a)| a).collect();
-    TestProxy {
-        handle: Some(handle),
-        addrs,
-    }
+    Config::parse(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"))
 }
 
 /// One worker, defaults otherwise, in front of `upstream`.
@@ -352,6 +361,94 @@ pub fn tool_path(tool: &str, package: &str) -> Option<std::path::PathBuf> {
         eprintln!("skipping: {tool} ({package}) is not installed");
     }
     found
+}
+
+/// An HTTP/1.1 GET with read and write timeouts; returns the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("no end of head in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no status in {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    /// The labels as written, without braces (`listener="l0",endpoint="..."`).
+    pub labels: String,
+    pub value: f64,
+}
+
+/// Parses the samples of a text exposition (comments skipped).
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some(Sample {
+                name: name.to_string(),
+                labels: labels.to_string(),
+                value: value.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The value of the unlabelled series `name` (or the one whose labels contain `labels`).
+pub fn sample(samples: &[Sample], name: &str, labels: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels.contains(labels))
+        .map(|s| s.value)
+}
+
+impl TestProxy {
+    /// Starts the admin server (the config must say `monitoring.listen: 127.0.0.1:0`).
+    pub fn start_admin(&mut self) -> SocketAddr {
+        self.handle
+            .as_mut()
+            .expect("running")
+            .start_admin()
+            .expect("admin server starts")
+    }
+}
+
+/// Scrapes `/metrics` until `f` holds for the parsed samples (up to 20 s).
+pub fn scrape_until(admin: SocketAddr, what: &str, f: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(admin, "/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        let samples = parse_exposition(&body);
+        if f(&samples) {
+            return samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Where `tool` is in `PATH` or the sbin directories, quietly (for tools a test can do

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::uring::sys;
 
+mod lifetime;
+use lifetime::Lifetime;
+
 /// Why an idle pooled connection was closed instead of handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Discard {
@@ -94,88 +97,6 @@ struct Entry {
     greeted: bool,
 }
 
-/// How long a server keeps connections nobody speaks on, learned from its closes.
-#[derive(Debug, Default)]
-pub(super) struct Lifetime {
-    /// Age and time of the last few server-side closes, newest last.
-    recent: VecDeque<(Duration, Instant)>,
-    pub learned: Option<Duration>,
-    /// When `learned` was set: it lapses after [`Lifetime::lapse`].
-    learned_at: Option<Instant>,
-    pub warned: bool,
-}
-
-/// Server-side closes that must agree before a lifetime is believed.
-const LIFETIME_SAMPLES: usize = 3;
-
-/// Shorter lifetimes are not learned: such a server is not kept warm at all (see
-/// `young_close` in [`PoolState::on_event`]).
-const MIN_LIFETIME: Duration = Duration::from_millis(10);
-
-impl Lifetime {
-    /// Records a close by the server, at `now`, of a connection pooled for `age`. A
-    /// lifetime is learned when the last few closes happened at about the same age
-    /// (within a fifth), shorter than `idle_timeout`, and not all at once: a server
-    /// restart closes connections of every age, and one that closes a batch pooled
-    /// together (at startup) looks like a timeout only once it happens again. Returns
-    /// the lifetime when it is new or shorter than the one known.
-    pub fn observe(
-        &mut self,
-        age: Duration,
-        now: Instant,
-        idle_timeout: Duration,
-    ) -> Option<Duration> {
-        if self.recent.len() == LIFETIME_SAMPLES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((age, now));
-        if self.recent.len() < LIFETIME_SAMPLES {
-            return None;
-        }
-        let ages = || self.recent.iter().map(|(a, _)| *a);
-        let min = ages().min().unwrap_or_default();
-        let max = ages().max().unwrap_or_default();
-        let first = self.recent.iter().map(|(_, t)| *t).min().unwrap_or(now);
-        let spread_in_time = now.saturating_duration_since(first) >= min / 2;
-        if max - min > max / 5 || !spread_in_time || min >= idle_timeout || min < MIN_LIFETIME {
-            return None;
-        }
-        if self.learned.is_some_and(|t| t <= min) {
-            return None;
-        }
-        self.learned = Some(min);
-        self.learned_at = Some(now);
-        Some(min)
-    }
-
-    /// How long a learned lifetime is believed. Retiring connections before the server
-    /// closes them also hides from the pool whether the server still does (its timeout
-    /// may have been raised, or one middlebox taught it wrong): after this the pool lets
-    /// connections live to `idle_timeout` again and learns anew if closes come back.
-    fn lapse(t: Duration) -> Duration {
-        (t * 30).max(Duration::from_secs(60))
-    }
-
-    /// Forgets a lifetime learned longer ago than its lapse.
-    pub fn forget_if_lapsed(&mut self, now: Instant) {
-        if let (Some(t), Some(at)) = (self.learned, self.learned_at) {
-            if now.saturating_duration_since(at) >= Lifetime::lapse(t) {
-                self.learned = None;
-                self.learned_at = None;
-                self.recent.clear();
-            }
-        }
-    }
-
-    /// Connections older than this are retired: a fifth before the server would close them.
-    pub fn retire_age(&self, idle_timeout: Duration) -> Duration {
-        match self.learned {
-            Some(t) => idle_timeout.min(t * 4 / 5),
-            None => idle_timeout,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct EndpointPool {
     /// Oldest first; clients take the newest that greeted, else the newest (fewer
@@ -194,6 +115,9 @@ struct EndpointPool {
     /// nothing else would stop redialing a dead endpoint).
     backoff_until: Option<Instant>,
     lifetime: Lifetime,
+    /// A reload added (or revived) this endpoint: until then its target is its full
+    /// share, as every endpoint's is after the start.
+    warm_until: Option<Instant>,
 }
 
 impl EndpointPool {
@@ -222,6 +146,12 @@ pub(super) struct PoolState {
     warm_until: Instant,
     /// No connection joins the pool any more.
     closed: bool,
+    /// `pool.idle_timeout` and `pool.retry_interval`: under the lock, so that a reload can
+    /// change them (see [`WarmPool::reconfigure`]).
+    idle_timeout: Duration,
+    /// The refill backoff after a failed dial; and the shortest spacing of redials that
+    /// only keep a connection warm (see [`PoolState::on_event`]).
+    retry_interval: Duration,
 }
 
 /// Epoll data of the keeper's own wake-up eventfd; pooled connections use
@@ -239,10 +169,6 @@ pub struct WarmPool {
     state: Mutex<PoolState>,
     pub(super) epoll: OwnedFd,
     pub(super) wake: OwnedFd,
-    pub(super) idle_timeout: Duration,
-    /// The refill backoff after a failed dial; and the shortest spacing of redials that
-    /// only keep a connection warm (see [`PoolState::on_event`]).
-    retry_interval: Duration,
     discarded: [AtomicU64; 6],
     /// Idle connections now, readable without the lock.
     idle_total: AtomicUsize,
@@ -273,11 +199,11 @@ impl WarmPool {
                 window_start: now,
                 warm_until: crate::deadline::after(now, idle_timeout),
                 closed: false,
+                idle_timeout,
+                retry_interval,
             }),
             epoll,
             wake,
-            idle_timeout,
-            retry_interval,
             discarded: Default::default(),
             idle_total: AtomicUsize::new(0),
         })
@@ -297,12 +223,13 @@ impl WarmPool {
     pub fn take(&self, endpoint: usize, now: Instant, count_demand: bool) -> Option<IdleConn> {
         let entry = {
             let mut st = self.lock();
-            st.rotate(now, self.idle_timeout);
-            let p = &mut st.endpoints[endpoint];
+            let idle_timeout = st.idle_timeout;
+            st.rotate(now, idle_timeout);
+            let p = st.endpoints.get_mut(endpoint)?;
             if count_demand {
                 p.demand_cur += 1;
             }
-            let retire = p.lifetime.retire_age(self.idle_timeout);
+            let retire = p.lifetime.retire_age(idle_timeout);
             let young = |e: &Entry| now.saturating_duration_since(e.since) < retire;
             let pick = p
                 .idle
@@ -323,8 +250,11 @@ impl WarmPool {
     /// Records that a session wanted `endpoint` without asking the pool (none was idle).
     pub fn record_demand(&self, endpoint: usize, now: Instant) {
         let mut st = self.lock();
-        st.rotate(now, self.idle_timeout);
-        st.endpoints[endpoint].demand_cur += 1;
+        let window = st.idle_timeout;
+        st.rotate(now, window);
+        if let Some(p) = st.endpoints.get_mut(endpoint) {
+            p.demand_cur += 1;
+        }
     }
 
     /// Reserves the pool dials `endpoint` needs to reach its target, at most `max`; the
@@ -335,13 +265,16 @@ impl WarmPool {
         if st.closed {
             return 0;
         }
-        st.rotate(now, self.idle_timeout);
+        let window = st.idle_timeout;
+        st.rotate(now, window);
         let warm = now < st.warm_until;
-        let p = &mut st.endpoints[endpoint];
+        let Some(p) = st.endpoints.get_mut(endpoint) else {
+            return 0;
+        };
         if p.backoff_until.is_some_and(|t| now < t) {
             return 0;
         }
-        let target = if warm {
+        let target = if warm || p.warm_until.is_some_and(|t| now < t) {
             p.share
         } else {
             p.share.min(p.demand_prev.max(p.demand_cur))
@@ -357,16 +290,18 @@ impl WarmPool {
     /// A reserved dial ended without a connection for the pool.
     pub fn dial_ended(&self, endpoint: usize) {
         let mut st = self.lock();
-        let p = &mut st.endpoints[endpoint];
-        p.dialing = p.dialing.saturating_sub(1);
+        if let Some(p) = st.endpoints.get_mut(endpoint) {
+            p.dialing = p.dialing.saturating_sub(1);
+        }
     }
 
     /// A reserved dial failed: no refill of `endpoint` before `until`.
     pub fn dial_failed(&self, endpoint: usize, until: Instant) {
         let mut st = self.lock();
-        let p = &mut st.endpoints[endpoint];
-        p.dialing = p.dialing.saturating_sub(1);
-        p.backoff_until = Some(until);
+        if let Some(p) = st.endpoints.get_mut(endpoint) {
+            p.dialing = p.dialing.saturating_sub(1);
+            p.backoff_until = Some(until);
+        }
     }
 
     /// A reserved dial connected: the connection joins the pool, watched from now on.
@@ -383,9 +318,12 @@ impl WarmPool {
     ) -> Result<(), OwnedFd> {
         let mut st = self.lock();
         let closed = st.closed;
-        let p = &mut st.endpoints[endpoint];
+        let Some(p) = st.endpoints.get_mut(endpoint) else {
+            return Err(fd);
+        };
         p.dialing = p.dialing.saturating_sub(1);
-        if closed || p.seen_down_epoch != down_epoch {
+        // No share: a reload retired the endpoint or turned the pool off meanwhile.
+        if closed || p.seen_down_epoch != down_epoch || p.share == 0 {
             return Err(fd);
         }
         let id = st.next_id;
@@ -423,9 +361,17 @@ impl WarmPool {
         }
     }
 
-    /// Idle connections of one endpoint.
+    /// Idle connections of one endpoint (0 for an id the pool does not know yet).
     pub fn idle(&self, endpoint: usize) -> usize {
-        self.lock().endpoints[endpoint].idle.len()
+        self.lock()
+            .endpoints
+            .get(endpoint)
+            .map_or(0, |p| p.idle.len())
+    }
+
+    /// Idle connections of every endpoint the pool knows, by id, under one lock.
+    pub fn idle_per_endpoint(&self) -> Vec<usize> {
+        self.lock().endpoints.iter().map(|p| p.idle.len()).collect()
     }
 
     pub fn total_idle(&self) -> usize {
@@ -434,7 +380,66 @@ impl WarmPool {
 
     /// The unclaimed-connection lifetime learned for `endpoint`, if any.
     pub fn learned_lifetime(&self, endpoint: usize) -> Option<Duration> {
-        self.lock().endpoints[endpoint].lifetime.learned
+        self.lock()
+            .endpoints
+            .get(endpoint)
+            .and_then(|p| p.lifetime.learned)
+    }
+
+    /// `pool.idle_timeout` in force.
+    pub fn idle_timeout(&self) -> Duration {
+        self.lock().idle_timeout
+    }
+
+    /// A reload, applied once for the whole proxy under the pool's lock while the keeper
+    /// and the workers go on: room for `endpoints` ids (the table only grows), `max_idle`
+    /// spread evenly over the endpoints in `serving` (new or revived ones warm at once,
+    /// the others keep their idle connections and their demand), a share of 0 for every
+    /// other endpoint, and the new timers. The idle connections of each `(id, down_epoch)`
+    /// in `flush` (endpoints a reload retired, or all when it turned the pool off) leave
+    /// the pool, counted as [`Discard::Flushed`], and a pool dial to it that connects
+    /// later is refused; they are returned, for [`close_unused`] outside the lock.
+    pub fn reconfigure(&self, r: &Reconfigure<'_>, now: Instant) -> Vec<OwnedFd> {
+        let mut fds = Vec::new();
+        {
+            let mut st = self.lock();
+            st.idle_timeout = r.idle_timeout;
+            st.retry_interval = r.retry_interval;
+            if st.endpoints.len() < r.endpoints {
+                st.endpoints.resize_with(r.endpoints, EndpointPool::default);
+            }
+            let n = r.serving.len().max(1);
+            for p in &mut st.endpoints {
+                p.share = 0;
+            }
+            for (i, &ep) in r.serving.iter().enumerate() {
+                if let Some(p) = st.endpoints.get_mut(ep) {
+                    p.share = r.max_idle / n + usize::from(i < r.max_idle % n);
+                }
+            }
+            for &ep in r.warm {
+                if let Some(p) = st.endpoints.get_mut(ep) {
+                    p.warm_until = Some(now + r.idle_timeout);
+                    // A revived endpoint starts afresh: no backoff from before.
+                    p.backoff_until = None;
+                }
+            }
+            for &(ep, epoch) in r.flush {
+                if let Some(p) = st.endpoints.get_mut(ep) {
+                    p.seen_down_epoch = epoch;
+                    fds.extend(p.idle.drain(..).map(|e| e.fd));
+                }
+            }
+        }
+        self.discarded[Discard::Flushed as usize].fetch_add(fds.len() as u64, Relaxed);
+        self.idle_total.fetch_sub(fds.len(), Relaxed);
+        for fd in &fds {
+            // Out of the keeper's watch before the caller closes it.
+            let _ = sys::epoll_unwatch(self.epoll.as_raw_fd(), fd.as_raw_fd());
+        }
+        // The keeper recomputes its deadlines with the new timers.
+        self.wake_keeper();
+        fds
     }
 
     /// Wakes the keeper (stop, or an endpoint's health changed).
@@ -465,6 +470,23 @@ impl WarmPool {
     pub(super) fn idle_removed(&self, n: usize) {
         self.idle_total.fetch_sub(n, Relaxed);
     }
+}
+
+/// What a reload changes in the pool (see [`WarmPool::reconfigure`]).
+#[derive(Debug)]
+pub struct Reconfigure<'a> {
+    /// Endpoint ids the table holds now.
+    pub endpoints: usize,
+    /// The endpoints that get a share of `max_idle`, in id order.
+    pub serving: &'a [usize],
+    /// New or revived endpoints: their target is their full share for `idle_timeout`.
+    pub warm: &'a [usize],
+    /// Endpoints whose idle connections leave the pool, with their down epoch now.
+    pub flush: &'a [(usize, u64)],
+    /// 0 when the pool is off.
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub retry_interval: Duration,
 }
 
 /// Closes a connection no client used. What its server sent first (a greeting) is
@@ -506,6 +528,7 @@ impl PoolState {
         out: &mut Removed,
     ) {
         let endpoint = (data >> ID_BITS) as usize;
+        let (idle_timeout, retry_interval) = (self.idle_timeout, self.retry_interval);
         let Some(p) = self.endpoints.get_mut(endpoint) else {
             return;
         };
@@ -536,8 +559,8 @@ impl PoolState {
         pool.discarded_counter(reason).fetch_add(1, Relaxed);
         pool.idle_removed(1);
         let age = now.saturating_duration_since(entry.since);
-        p.young_close(entry.since, now, pool.retry_interval);
-        if let Some(t) = p.lifetime.observe(age, now, pool.idle_timeout) {
+        p.young_close(entry.since, now, retry_interval);
+        if let Some(t) = p.lifetime.observe(age, now, idle_timeout) {
             if !p.lifetime.warned {
                 p.lifetime.warned = true;
                 out.learned.push((endpoint, t));
@@ -556,6 +579,7 @@ impl PoolState {
         down_epoch: impl Fn(usize) -> u64,
         out: &mut Removed,
     ) {
+        let (idle_timeout, retry_interval) = (self.idle_timeout, self.retry_interval);
         for (ep, p) in self.endpoints.iter_mut().enumerate() {
             let epoch = down_epoch(ep);
             if p.seen_down_epoch != epoch {
@@ -567,11 +591,11 @@ impl PoolState {
                 pool.idle_removed(n);
             }
             p.lifetime.forget_if_lapsed(now);
-            let retire = p.lifetime.retire_age(pool.idle_timeout);
+            let retire = p.lifetime.retire_age(idle_timeout);
             while let Some(e) = p.idle.front() {
                 let e_since = e.since;
                 let age = now.saturating_duration_since(e.since);
-                let reason = if age >= pool.idle_timeout {
+                let reason = if age >= idle_timeout {
                     Discard::Expired
                 } else if age >= retire {
                     Discard::Retired
@@ -584,7 +608,7 @@ impl PoolState {
                 pool.discarded_counter(reason).fetch_add(1, Relaxed);
                 pool.idle_removed(1);
                 if reason == Discard::Retired {
-                    p.young_close(e_since, now, pool.retry_interval);
+                    p.young_close(e_since, now, retry_interval);
                     out.replace += 1;
                 }
             }
@@ -592,7 +616,8 @@ impl PoolState {
     }
 
     /// When the next idle connection expires or retires.
-    pub fn next_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let idle_timeout = self.idle_timeout;
         self.endpoints
             .iter()
             .filter_map(|p| {
@@ -612,169 +637,4 @@ impl IdleConn {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::OwnedFd;
-
-    fn conn(l: &TcpListener) -> (OwnedFd, TcpStream) {
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (OwnedFd::from(c), s)
-    }
-
-    #[test]
-    fn shares_add_up_to_max_idle_over_the_endpoints() {
-        let now = Instant::now();
-        let t = Duration::from_secs(60);
-        for (max_idle, endpoints) in [(5, 2), (1, 2), (90, 3), (7, 1)] {
-            let p = WarmPool::new(endpoints, max_idle, t, t, now).unwrap();
-            let total: usize = (0..endpoints).map(|e| p.reserve_dials(e, now, 1000)).sum();
-            assert_eq!(total, max_idle, "max_idle {max_idle} over {endpoints}");
-        }
-    }
-
-    #[test]
-    fn target_follows_demand_after_the_first_window() {
-        let start = Instant::now();
-        let t = Duration::from_secs(10);
-        let p = WarmPool::new(1, 8, t, t, start).unwrap();
-        assert_eq!(p.reserve_dials(0, start, 1), 1, "capped by the caller");
-        assert_eq!(p.reserve_dials(0, start, 100), 7, "warm from startup");
-        for _ in 0..8 {
-            p.dial_ended(0);
-        }
-        let later = start + t;
-        assert_eq!(p.reserve_dials(0, later, 100), 0, "no demand: no refill");
-        p.record_demand(0, later);
-        p.record_demand(0, later);
-        assert_eq!(p.reserve_dials(0, later, 100), 2);
-        p.dial_ended(0);
-        p.dial_ended(0);
-        assert_eq!(
-            p.reserve_dials(0, later + t, 100),
-            2,
-            "the previous window still counts"
-        );
-        p.dial_ended(0);
-        p.dial_failed(0, later + t + t + Duration::from_secs(1));
-        assert_eq!(p.reserve_dials(0, later + t + t, 100), 0, "backing off");
-    }
-
-    #[test]
-    fn clients_take_the_newest_and_the_taker_owns_the_fd() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let start = Instant::now();
-        let p =
-            WarmPool::new(1, 4, Duration::from_secs(60), Duration::from_secs(1), start).unwrap();
-        let mut servers = Vec::new();
-        let mut raws = Vec::new();
-        for i in 0..3 {
-            assert_eq!(p.reserve_dials(0, start, 1), 1);
-            let (fd, s) = conn(&l);
-            raws.push(fd.as_raw_fd());
-            servers.push(s);
-            p.put(0, fd, start + Duration::from_secs(i), 0).unwrap();
-        }
-        assert_eq!(p.total_idle(), 3);
-        let c = p.take(0, start, true).unwrap();
-        assert_eq!(c.raw(), raws[2], "newest first");
-        assert_eq!(p.idle(0), 2);
-        p.close();
-        assert_eq!(p.total_idle(), 0);
-        assert!(p.reserve_dials(0, start, 10) == 0, "closed");
-    }
-
-    #[test]
-    fn expiry_retirement_and_flush() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let start = Instant::now();
-        let t = Duration::from_secs(10);
-        let p = WarmPool::new(1, 8, t, t, start).unwrap();
-        let mut servers = Vec::new();
-        for age in [0, 5, 9] {
-            p.reserve_dials(0, start, 1);
-            let (fd, s) = conn(&l);
-            servers.push(s);
-            p.put(0, fd, start + Duration::from_secs(age), 0).unwrap();
-        }
-        let mut out = Removed {
-            fds: Vec::new(),
-            learned: Vec::new(),
-            replace: 0,
-        };
-        p.lock()
-            .sweep(&p, start + Duration::from_secs(15), |_| 0, &mut out);
-        assert_eq!(out.fds.len(), 2, "the two older than 10 s");
-        assert_eq!(p.stats().discarded(Discard::Expired), 2);
-        assert_eq!(out.replace, 0, "expired ones are not replaced");
-        p.lock()
-            .sweep(&p, start + Duration::from_secs(15), |_| 1, &mut out);
-        assert_eq!(p.stats().discarded(Discard::Flushed), 1);
-        assert_eq!(p.total_idle(), 0);
-    }
-
-    #[test]
-    fn young_closes_space_out_the_redials() {
-        let t0 = Instant::now();
-        let retry = Duration::from_secs(5);
-        let mut p = EndpointPool::default();
-        p.young_close(t0, t0 + Duration::from_millis(150), retry);
-        assert_eq!(p.backoff_until, Some(t0 + retry));
-        p.young_close(t0 - Duration::from_secs(1), t0, retry);
-        assert_eq!(p.backoff_until, Some(t0 + retry), "never shortened");
-        let mut old = EndpointPool::default();
-        old.young_close(t0, t0 + Duration::from_secs(10), retry);
-        assert_eq!(
-            old.backoff_until, None,
-            "older than retry_interval: replaced at once"
-        );
-    }
-
-    #[test]
-    fn a_lifetime_is_learned_from_agreeing_closes_only() {
-        let idle = Duration::from_secs(300);
-        let ms = Duration::from_millis;
-        let t0 = Instant::now();
-        let mut l = Lifetime::default();
-        assert_eq!(l.observe(ms(10_000), t0, idle), None);
-        assert_eq!(l.observe(ms(10_020), t0, idle), None);
-        assert_eq!(
-            l.observe(ms(10_010), t0, idle),
-            None,
-            "a batch closed at once may be a restart"
-        );
-        let t1 = t0 + ms(10_000);
-        assert_eq!(l.observe(ms(10_000), t1, idle), Some(ms(10_000)));
-        assert_eq!(l.retire_age(idle), ms(8_000));
-        assert_eq!(l.observe(ms(10_000), t1, idle), None, "nothing new");
-        let mut restart = Lifetime::default();
-        for (i, age) in [100, 40_000, 9_000, 200_000].into_iter().enumerate() {
-            let at = t0 + ms(50_000) * i as u32;
-            assert_eq!(restart.observe(ms(age), at, idle), None, "ages disagree");
-        }
-        let mut lapsing = Lifetime::default();
-        for i in 0..3 {
-            lapsing.observe(ms(2_000), t0 + ms(2_000) * i, idle);
-        }
-        assert_eq!(lapsing.learned, Some(ms(2_000)));
-        lapsing.forget_if_lapsed(t0 + ms(4_000 + 59_000));
-        assert_eq!(
-            lapsing.learned,
-            Some(ms(2_000)),
-            "believed for a minute at least"
-        );
-        lapsing.forget_if_lapsed(t0 + ms(4_000 + 60_000));
-        assert_eq!(lapsing.learned, None, "then learned anew");
-        assert_eq!(lapsing.retire_age(idle), idle);
-        let mut longer = Lifetime::default();
-        for i in 0..3 {
-            assert_eq!(
-                longer.observe(ms(400_000), t0 + ms(400_000) * i, idle),
-                None,
-                "idle_timeout comes first"
-            );
-        }
-        assert_eq!(longer.retire_age(idle), idle);
-    }
-}
+mod tests;

@@ -1,0 +1,258 @@
+//! A worker's upstream side: pairing an admitted client with a warm connection or a
+//! dial, the dials themselves (clients' and the pool's refills) and their completions.
+
+use super::*;
+
+impl Worker {
+    /// Pairs an admitted client with an upstream: a warm connection of the picked
+    /// endpoint if one is alive, else a dial.
+    pub(super) fn connect_client(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        let (listener, tried) = (s.listener as usize, s.tried);
+        let l = &mut self.listeners[listener];
+        let Some(ep) = upstream::pick(
+            &self.shared.endpoints,
+            &l.endpoints,
+            self.settings.balance,
+            &mut l.next,
+            tried,
+            false,
+        ) else {
+            return self.retry_later(key, gen);
+        };
+        if let Some(s) = self.table.get_mut(key, gen) {
+            s.endpoint = ep as u16;
+        }
+        if self.settings.pool_enabled {
+            let pool = &self.shared.pool;
+            // The session's demand counts once, however many dead ones are skipped.
+            let mut first = true;
+            while let Some(conn) = pool.take(ep, self.now, std::mem::take(&mut first)) {
+                // The keeper's watch may not have reported a close yet: a FIN or RST
+                // behind a queued greeting must not reach the client.
+                if !sys::tcp_established(conn.fd.as_raw_fd()) {
+                    pool.count_discard(Discard::DeadAtHandoff, 1);
+                    upstream::close_unused(conn.fd);
+                    continue;
+                }
+                self.counters.pool_hits += 1;
+                if let Some(s) = self.table.get_mut(key, gen) {
+                    s.upstream_fd = conn.fd.into_raw_fd();
+                }
+                self.activate(key, gen);
+                // Replace it now, not on the next tick: a steady stream of clients
+                // would drain the pool between ticks.
+                return self.refill_endpoint(ep);
+            }
+            self.counters.pool_misses += 1;
+        }
+        self.dial(key, gen, ep);
+        self.refill_endpoint(ep);
+    }
+
+    /// Starts a dial of endpoint `ep` for entry `key` (a client's or the pool's).
+    pub(super) fn dial(&mut self, key: usize, gen: u32, ep: usize) {
+        let addr = self.shared.endpoints.get(ep).addr;
+        let sock = match sys::stream_socket(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let Some(held_back) = self.log_limits.upstream_socket.hit() {
+                    tracing::warn!(upstream = %addr, held_back, "internal: cannot create an upstream socket: {e}");
+                }
+                self.counters.upstream_connect_errors += 1;
+                return self.begin_close(key, gen, false);
+            }
+        };
+        let fd = sock.as_raw_fd();
+        let _ = sys::set_nodelay(fd);
+        if let Err(e) = sys::set_upstream_keepalive(fd) {
+            tracing::debug!(upstream = %addr, "upstream: cannot set keepalive: {e}");
+        }
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.upstream_fd = sock.into_raw_fd();
+        s.endpoint = ep as u16;
+        s.last_active = self.now_ms;
+        if s.state != State::PoolDial {
+            s.state = State::Connecting;
+        }
+        s.ops += 2;
+        self.ring.connect(
+            fd,
+            ep,
+            Token::new(key, gen, OpKind::Connect),
+            Token::new(key, gen, OpKind::ConnectTimeout),
+        );
+    }
+
+    /// The session relays from now on.
+    pub(super) fn activate(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.state = State::Active;
+        s.counted = true;
+        s.started_ms = self.now_ms as u32;
+        let ep = s.endpoint as usize;
+        if let Some(c) = self.endpoint_counters.get_mut(ep) {
+            c.sessions += 1;
+        }
+        let client_fd = s.client_fd;
+        let listener = s.listener as usize;
+        self.shared
+            .endpoints
+            .get(ep)
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        let upstream_remote = !self.shared.endpoints.get(ep).addr.ip().is_loopback();
+        let client_remote = !self.listeners[listener].loopback
+            && sys::peer_addr(client_fd)
+                .map(|a| !a.ip().is_loopback())
+                .unwrap_or(false);
+        if let Some(s) = self.table.get_mut(key, gen) {
+            s.remote[CLIENT_TO_UPSTREAM] = upstream_remote;
+            s.remote[UPSTREAM_TO_CLIENT] = client_remote;
+        }
+        self.table.touch(key, self.now_ms);
+        self.arm_recv(key, gen, CLIENT_TO_UPSTREAM);
+        self.arm_recv(key, gen, UPSTREAM_TO_CLIENT);
+    }
+
+    pub(super) fn on_connect(&mut self, key: usize, gen: u32, res: i32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        let state = s.state;
+        if state != State::Connecting && state != State::PoolDial {
+            return;
+        }
+        let ep = s.endpoint as usize;
+        let health = self.settings.health_enabled;
+        if res >= 0 {
+            self.histograms
+                .connect_ms
+                .record(self.now_ms.saturating_sub(s.last_active));
+            if health {
+                self.shared.endpoints.observe(ep, true);
+            }
+            if state == State::PoolDial {
+                s.state = State::PoolReady;
+            } else {
+                self.activate(key, gen);
+            }
+            return;
+        }
+        let addr = self.shared.endpoints.get(ep).addr;
+        if res == -libc::ECANCELED {
+            self.counters.upstream_connect_timeouts += 1;
+            tracing::debug!(upstream = %addr, "upstream: connect timed out");
+        } else {
+            tracing::debug!(upstream = %addr, "upstream: connect failed: {}", std::io::Error::from_raw_os_error(-res));
+        }
+        self.counters.upstream_connect_errors += 1;
+        self.shared
+            .endpoints
+            .get(ep)
+            .connect_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if health && self.shared.endpoints.observe(ep, false) == upstream::Transition::WentDown {
+            tracing::warn!(upstream = %addr, "upstream: dials keep failing, endpoint marked down");
+            self.shared.wake_all();
+        }
+        let fd = std::mem::replace(&mut s.upstream_fd, -1);
+        sys::close(fd, false);
+        if state == State::PoolDial {
+            // The reservation is over; finalize must not end it a second time.
+            s.endpoint = NO_ENDPOINT;
+            self.pool_dialing -= 1;
+            self.shared
+                .pool
+                .dial_failed(ep, deadline::after(self.now, self.settings.retry_interval));
+            return self.begin_close(key, gen, false);
+        }
+        // A client's dial: another healthy endpoint at once, the same one after
+        // retry_interval, at most max_retries more attempts in all.
+        // Bit = the endpoint's position in its listener's list; positions past 64 are
+        // not marked (they may be tried again in the round, bounded by max_retries),
+        // so no endpoint is ever wrongly excluded.
+        if let Some(pos) = self.listeners[s.listener as usize]
+            .endpoints
+            .iter()
+            .position(|&e| e == ep)
+            .filter(|&p| p < 64)
+        {
+            s.tried |= 1u64 << pos;
+        }
+        if u32::from(s.retries) >= self.settings.max_retries.min(u32::from(u16::MAX)) {
+            self.counters.connection_failures += 1;
+            tracing::debug!(upstream = %addr, retries = s.retries, "upstream: giving up on the client after its retries");
+            return self.begin_close(key, gen, false);
+        }
+        s.retries = s.retries.saturating_add(1);
+        self.counters.connect_retries += 1;
+        let (listener, tried) = (s.listener as usize, s.tried);
+        let l = &mut self.listeners[listener];
+        match upstream::pick(
+            &self.shared.endpoints,
+            &l.endpoints,
+            self.settings.balance,
+            &mut l.next,
+            tried,
+            true,
+        ) {
+            Some(next) => self.dial(key, gen, next),
+            None => self.retry_later(key, gen),
+        }
+    }
+
+    /// Every healthy endpoint failed this round: try again after `retry_interval`.
+    pub(super) fn retry_later(&mut self, key: usize, gen: u32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.state = State::RetryWait;
+        s.tried = 0;
+        s.ops += 1;
+        self.ring
+            .retry_timer(Token::new(key, gen, OpKind::RetryTimer));
+    }
+
+    /// Dials healthy endpoints up to their pool targets.
+    pub(crate) fn refill(&mut self) {
+        // The endpoints this worker knows: a reload may have grown the table meanwhile.
+        for ep in 0..self.ring.endpoints() {
+            self.refill_endpoint(ep);
+        }
+    }
+
+    /// Dials `ep` up to its pool target (the reservation is shared by every worker, so
+    /// workers never dial the same deficit twice).
+    pub(super) fn refill_endpoint(&mut self, ep: usize) {
+        if !self.settings.pool_enabled
+            || self.stopping
+            || self.listeners_closed
+            || !self.shared.endpoints.is_up(ep)
+        {
+            return;
+        }
+        let n = self
+            .shared
+            .pool
+            .reserve_dials(ep, self.now, upstream::MAX_POOL_DIALS);
+        for _ in 0..n {
+            let Some((key, gen)) = self.table.insert(-1, 0, State::PoolDial, self.now_ms) else {
+                self.shared.pool.dial_ended(ep);
+                continue;
+            };
+            if let Some(s) = self.table.get_mut(key, gen) {
+                s.endpoint = ep as u16;
+            }
+            self.pool_dialing += 1;
+            self.counters.pool_dials += 1;
+            self.dial(key, gen, ep);
+        }
+    }
+}
