@@ -299,15 +299,21 @@ impl Proxy {
                 }
                 y.push_str("connection:\n");
                 y.push_str(sssonector_connection);
+                // Metrics on (the default) or off, to measure what they cost.
+                if std::env::var("SSSONECTOR_BENCH_METRICS").as_deref() == Ok("off") {
+                    y.push_str("  monitoring:\n    enabled: false\n");
+                }
                 let path = dir.join("sssonector.yaml");
                 fs::write(&path, y).map_err(|e| format!("cannot write config: {e}"))?;
                 cmd = Command::new(&self.bin);
-                cmd.arg("--config")
-                    .arg(&path)
-                    .args(["--workers", "1"])
-                    // The admin server on a free port: 9090 may be taken on this host.
-                    .args(["--admin-listen", "127.0.0.1:0"])
-                    .env("SSSONECTOR_LOG", "warn")
+                cmd.arg("--config").arg(&path).args(["--workers", "1"]);
+                // The admin server on a free port: 9090 may be taken on this host. A build
+                // from before the admin server (SSSONECTOR_BENCH_BIN, to compare) has no
+                // such flag: SSSONECTOR_BENCH_LEGACY=1 leaves it out.
+                if std::env::var("SSSONECTOR_BENCH_LEGACY").as_deref() != Ok("1") {
+                    cmd.args(["--admin-listen", "127.0.0.1:0"]);
+                }
+                cmd.env("SSSONECTOR_LOG", "warn")
                     // Keep a panic to its message: it ends up in the failure line.
                     .env("RUST_BACKTRACE", "0");
             }
