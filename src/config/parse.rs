@@ -115,7 +115,7 @@ fn syntax(text: &str, e: &serde_yaml::Error) -> ConfigError {
     };
     let lines: Vec<&str> = text.lines().collect();
     let at = |n: Option<usize>| n.and_then(|n| lines.get(n.wrapping_sub(1)).copied());
-    if message.contains("cannot start any token") {
+    if message.contains("cannot start any token") || message.contains("tab character") {
         let tabbed = at(line)
             .filter(|l| leading_tab(l))
             .map(|_| line)
@@ -366,6 +366,20 @@ mod tests {
                     "{message}"
                 );
                 assert!(message.contains("`\\t- name: a`"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A tab inside a mapping's indentation takes another path in the YAML scanner.
+        let text = "listeners:\n  - name: a\n\tlisten: 127.0.0.1:8443\n";
+        match parse_unvalidated(text) {
+            Err(ConfigError::Syntax { line, message }) => {
+                assert_eq!(line, Some(3));
+                assert!(
+                    message.starts_with(
+                        "tab characters are not allowed in YAML indentation; use spaces"
+                    ),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }
