@@ -27,14 +27,11 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::peers::{
-    discover, free_port, install_signal_cleanup, raise_nofile, round_order, Kind, Proc, Proxy,
-    Route,
-};
+use common::peers::{free_port, round_order, setup, Kind, Proc, Proxy, Route, Setup};
 use common::report::{
     cell, machine, markdown_table, median_of, print_table, ratio, raw_cell, Measured, Stat,
 };
@@ -648,31 +645,13 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    install_signal_cleanup("bench-compare");
-    raise_nofile();
+    let Setup {
+        ci,
+        target_dir,
+        work,
+        proxies,
+    } = setup("bench-compare", Path::new(env!("CARGO_TARGET_TMPDIR")));
     let hz = clock_ticks_per_sec();
-
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    // One work dir, emptied at each start: it keeps the last run's configs and logs only.
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-compare");
-    let _ = fs::remove_dir_all(&work);
-    if let Err(e) = fs::create_dir_all(&work) {
-        eprintln!("bench-compare: cannot create {}: {e}", work.display());
-        std::process::exit(1);
-    }
-
-    let (proxies, missing) = discover();
-    for m in &missing {
-        eprintln!("bench-compare: {m}; skipping it (benches/install-peers.sh installs the peers)");
-    }
-    if ci && !missing.is_empty() {
-        eprintln!("bench-compare: CI=true and a peer is missing: failing");
-        std::process::exit(1);
-    }
 
     let upstreams = (|| -> io::Result<Upstreams> {
         Ok(Upstreams {

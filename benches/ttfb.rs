@@ -24,15 +24,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::peers::{
-    discover, free_port, install_signal_cleanup, raise_nofile, round_order, Kind, Proxy, Route,
-};
+use common::peers::{free_port, round_order, setup, Kind, Proxy, Route, Setup};
 use common::report::{
     cell, machine, markdown_table, median_of, print_table, ratio, raw_cell, summarize, Measured,
 };
@@ -581,28 +579,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    install_signal_cleanup("bench-ttfb");
-    raise_nofile();
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    // One work dir, emptied at each start: it keeps the last run's configs and logs only.
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-ttfb");
-    let _ = fs::remove_dir_all(&work);
-    if let Err(e) = fs::create_dir_all(&work) {
-        eprintln!("bench-ttfb: cannot create {}: {e}", work.display());
-        std::process::exit(1);
-    }
-    let (proxies, missing) = discover();
-    for m in &missing {
-        eprintln!("bench-ttfb: {m}; skipping it (benches/install-peers.sh installs the peers)");
-    }
-    if ci && !missing.is_empty() {
-        eprintln!("bench-ttfb: CI=true and a peer is missing: failing");
-        std::process::exit(1);
-    }
+    let Setup {
+        ci: _,
+        target_dir,
+        work,
+        proxies,
+    } = setup("bench-ttfb", Path::new(env!("CARGO_TARGET_TMPDIR")));
     let upstream = match SlowGreeter::start(params.greeting_delay) {
         Ok(u) => u,
         Err(e) => {

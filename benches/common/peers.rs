@@ -431,3 +431,48 @@ pub fn discover() -> (Vec<Proxy>, Vec<String>) {
 pub fn round_order(n: usize, round: usize) -> Vec<usize> {
     (0..n).map(|i| (i + round) % n.max(1)).collect()
 }
+
+/// What every bench starts from.
+pub struct Setup {
+    /// `CI=true`: a missing peer or a failed peer measurement fails the run.
+    pub ci: bool,
+    /// Where the markdown report goes (`target/` or `$CARGO_TARGET_DIR`).
+    pub target_dir: PathBuf,
+    /// The bench's work dir (configs and logs of the last run), emptied at each start.
+    pub work: PathBuf,
+    /// sssonector and the peers that are installed.
+    pub proxies: Vec<Proxy>,
+}
+
+/// Cleanup on Ctrl-C, the fd limit, the work dir `<tmpdir>/<bench>`, and the proxies;
+/// exits the process when the work dir cannot be made, or (under `CI=true`) a peer is
+/// missing. `tmpdir` is the bench's `CARGO_TARGET_TMPDIR`.
+pub fn setup(bench: &'static str, tmpdir: &Path) -> Setup {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    install_signal_cleanup(bench);
+    raise_nofile();
+    let target_dir = tmpdir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let work = tmpdir.join(bench);
+    let _ = fs::remove_dir_all(&work);
+    if let Err(e) = fs::create_dir_all(&work) {
+        eprintln!("{bench}: cannot create {}: {e}", work.display());
+        std::process::exit(1);
+    }
+    let (proxies, missing) = discover();
+    for m in &missing {
+        eprintln!("{bench}: {m}; skipping it (benches/install-peers.sh installs the peers)");
+    }
+    if ci && !missing.is_empty() {
+        eprintln!("{bench}: CI=true and a peer is missing: failing");
+        std::process::exit(1);
+    }
+    Setup {
+        ci,
+        target_dir,
+        work,
+        proxies,
+    }
+}
