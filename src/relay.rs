@@ -4,40 +4,57 @@
 
 use io_uring::cqueue;
 
+use crate::buffer;
 use crate::conn::{State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::uring::{sys, OpKind, SendOp, Token};
 use crate::worker::Worker;
 
 impl Worker {
-    /// Arms a receive on `dir`'s source unless it is already armed, finished, parked or at
-    /// its cap of held slots.
-    pub(crate) fn arm_recv(&mut self, key: usize, gen: u32, dir: usize) {
-        self.arm_recv_as(key, gen, dir, false);
+    /// Arms a receive on `dir`'s source unless it is already armed, finished, parked, at
+    /// its cap of held slots, or holds slots while the pool is down to its reserve.
+    /// Returns whether it armed one.
+    pub(crate) fn arm_recv(&mut self, key: usize, gen: u32, dir: usize) -> bool {
+        self.arm_recv_as(key, gen, dir, false)
     }
 
     /// Arms a receive; a `probe` completes at once with EAGAIN when nothing is queued.
-    fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) {
+    ///
+    /// Fairness: a direction that already holds a slot may take another only while the
+    /// free slots, less one per such receive already armed, exceed the reserve
+    /// (`buffer::reserve`). The rest of the pool is only for directions that hold none,
+    /// so stalled directions cannot take a slot another direction needs for its first.
+    /// A direction refused here holds slots, so its send is in flight or about to be,
+    /// and its completion arms the receive again.
+    fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) -> bool {
         let cap = self.settings.max_in_flight;
+        let b = &self.ring.buffers;
+        let free = b.count() - b.in_use();
+        let above_reserve = free.saturating_sub(self.holder_armed) > buffer::reserve(b.count());
         let Some(s) = self.table.get_mut(key, gen) else {
-            return;
+            return false;
         };
         let d = &s.dirs[dir];
+        let holding = !d.queue.is_empty();
         if s.state != State::Active
             || d.recv_armed
             || d.eof
             || d.parked
             || d.dead
             || d.queue.len() >= cap
+            || (holding && !above_reserve)
         {
-            return;
+            return false;
         }
         let (src, _) = s.fds(dir);
         let d = &mut s.dirs[dir];
         d.recv_armed = true;
         d.probing = probe;
+        d.armed_holding = holding;
+        self.holder_armed += usize::from(holding);
         s.ops += 1;
         self.ring
             .recv(src, probe, Token::new(key, gen, OpKind::Recv).dir(dir));
+        true
     }
 
     /// A receive completed. A full slot means the source likely has more queued: while
@@ -54,6 +71,9 @@ impl Worker {
         };
         let probing = std::mem::take(&mut s.dirs[dir].probing);
         s.dirs[dir].recv_armed = false;
+        if std::mem::take(&mut s.dirs[dir].armed_holding) {
+            self.holder_armed -= 1;
+        }
         if s.state != State::Active {
             self.drop_received(slot);
             return;
@@ -63,6 +83,14 @@ impl Worker {
                 let d = &mut s.dirs[dir];
                 self.ring.buffers.take(slot);
                 let now_ms = self.now_ms;
+                if d.queue.is_empty() {
+                    // Data waits for the destination from now on (the send timeout).
+                    d.waiting_since = now_ms as u32;
+                    if self.settings.send_timeout.is_some() && !d.listed {
+                        d.listed = true;
+                        self.holding.push((key, gen, dir));
+                    }
+                }
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending && d.queue.len() < cap;
                 let ep = self.endpoint_counters.get_mut(s.endpoint as usize);
@@ -78,9 +106,8 @@ impl Worker {
                     }
                 }
                 self.table.touch(key, now_ms);
-                if gather {
-                    self.arm_recv_as(key, gen, dir, true);
-                } else {
+                // The probe may be refused (the reserve): then send what was gathered.
+                if !(gather && self.arm_recv_as(key, gen, dir, true)) {
                     self.start_send(key, gen, dir);
                     self.arm_recv(key, gen, dir);
                 }
@@ -205,6 +232,8 @@ impl Worker {
             }
             return;
         }
+        // The destination took bytes: the send timeout starts again.
+        s.dirs[dir].waiting_since = self.now_ms as u32;
         if self
             .ring
             .buffers
@@ -305,8 +334,11 @@ impl Worker {
                 continue;
             }
             s.dirs[dir].parked = false;
-            self.arm_recv(key, gen, dir);
-            free -= 1;
+            // A direction that holds slots may be refused (the reserve); its own send
+            // completion arms it again.
+            if self.arm_recv(key, gen, dir) {
+                free -= 1;
+            }
         }
     }
 
