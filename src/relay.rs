@@ -125,6 +125,15 @@ impl Worker {
             }
             (e, _) if e == -libc::ENOBUFS => {
                 s.dirs[dir].parked = true;
+                if s.dirs[dir].queue.is_empty() && !s.dirs[dir].hup_armed {
+                    // Parked with nothing held, it cannot receive the peer's reset:
+                    // a poll that needs no buffer watches for it meanwhile.
+                    s.dirs[dir].hup_armed = true;
+                    s.ops += 1;
+                    let (src, _) = s.fds(dir);
+                    self.ring
+                        .watch_hangup(src, Token::new(key, gen, OpKind::Hup).dir(dir));
+                }
                 self.counters.buffer_waits += 1;
                 self.waiters.push_back((key, gen, dir));
                 // What was gathered goes out; slots may have come back meanwhile.
@@ -303,6 +312,37 @@ impl Worker {
         }
         self.start_send(key, gen, from_dead);
         self.pass_fin(key, gen, from_dead);
+    }
+
+    /// A parked direction's source was reset or shut down. A reset (`POLLERR`) fails
+    /// the source as a receive would; a shutdown with nothing unread before it is its
+    /// EOF. With data before the FIN, the direction waits for a slot as before.
+    pub(crate) fn on_hangup(&mut self, key: usize, gen: u32, dir: usize, res: i32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.dirs[dir].hup_armed = false;
+        if res < 0 || s.state != State::Active || !s.dirs[dir].parked {
+            return;
+        }
+        let (src, _) = s.fds(dir);
+        let ev = res as i16;
+        if ev & libc::POLLERR != 0 {
+            self.count_peer_error(
+                key,
+                dir,
+                true,
+                -sys::socket_error(src).unwrap_or(libc::ECONNRESET),
+            );
+            self.peer_failed(key, gen, dir == CLIENT_TO_UPSTREAM);
+        } else if ev & (libc::POLLRDHUP | libc::POLLHUP) != 0 && sys::unread_bytes(src) == 0 {
+            // POLLHUP alone is both sides shut down (our FIN passed, theirs came): an EOF.
+            let d = &mut s.dirs[dir];
+            d.parked = false;
+            d.eof = true;
+            self.start_send(key, gen, dir);
+            self.pass_fin(key, gen, dir);
+        }
     }
 
     /// Takes and at once hands back a slot a receive filled that no session can use.

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -157,4 +157,49 @@ fn hogs_that_hold_every_slot_are_closed_by_the_send_timeout() {
         drop(hogs);
         proxy.stop();
     }
+}
+/// While hogs hold the pool (no send timeout), sessions that come, park on ENOBUFS and
+/// reset do not stay on the wait list: it holds the live sessions' directions only. A
+/// parked session without a slot still notices its client's reset (a `POLL_ADD` that
+/// needs no buffer), so it closes while the pool stays held.
+#[test]
+fn the_wait_list_keeps_no_closed_session_while_the_pool_is_held() {
+    let up = Upstream::echo();
+    let proxy = start_proxy_with(&[&[up.addr]], 1, &config("0"));
+    let hogs = Hogs::start(proxy.addr(), 40);
+    proxy.wait_for("the hogs hold every slot", |s| {
+        s.total.buffer_slots_in_use == 64
+    });
+    let before = proxy.stats().total;
+    for _ in 0..500 {
+        let mut c = connect_timed(proxy.addr()).expect("connect");
+        let _ = c.write_all(b"x");
+        // Wait for the proxy to have armed (and parked) this session's receives.
+        let _ = c.set_read_timeout(Some(Duration::from_millis(2)));
+        let _ = c.read(&mut [0u8; 1]);
+        reset(&c);
+    }
+    let s = proxy.wait_for("the churn closed", |s| {
+        s.total.sessions_closed >= before.sessions_closed + 500
+    });
+    // Published on the next tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let s2 = proxy.stats().total;
+    eprintln!(
+        "waiters {} before, {} after 500 sessions came and went ({} parks)",
+        before.buffer_waiters,
+        s2.buffer_waiters,
+        s2.buffer_waits - before.buffer_waits
+    );
+    assert!(
+        s2.buffer_waits - before.buffer_waits >= 500,
+        "the sessions parked: {s:#?}"
+    );
+    assert!(
+        s2.buffer_waiters <= 2 * 40,
+        "only the hogs' directions wait: {}",
+        s2.buffer_waiters
+    );
+    drop(hogs);
+    proxy.stop();
 }

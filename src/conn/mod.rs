@@ -53,6 +53,8 @@ pub struct Direction {
     /// The armed receive was armed while the direction held slots: it is counted in the
     /// worker's `holder_armed` until it completes.
     pub armed_holding: bool,
+    /// A `Hup` watch is armed on the source (set while parked without a slot).
+    pub hup_armed: bool,
     /// On the worker's `holding` list (the send-timeout sweep looks at it).
     pub listed: bool,
     /// Worker clock (ms, wrapping) since when data has waited for the destination

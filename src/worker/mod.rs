@@ -540,6 +540,7 @@ impl Worker {
             OpKind::SendMsg => {
                 self.on_send_msg(key, token.gen, token.dir as usize, token.slot, res)
             }
+            OpKind::Hup => self.on_hangup(key, token.gen, token.dir as usize, res),
             OpKind::ConnectTimeout | OpKind::Cancel => {}
             OpKind::Accept | OpKind::Tick | OpKind::Wake => {}
         }
