@@ -78,6 +78,9 @@ counters! {
     queue_wait_ms,
     /// Sessions closed after `session.idle_timeout` without traffic.
     session_timeouts,
+    /// Sessions closed after `session.send_timeout` without their peer taking a byte
+    /// while data waited for it.
+    send_timeouts,
     /// Completions the kernel dropped (io_uring_enter returned EBADR).
     completions_dropped,
     /// Gauge: entries on the worker's ENOBUFS wait list.

@@ -4,40 +4,57 @@
 
 use io_uring::cqueue;
 
+use crate::buffer;
 use crate::conn::{State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::uring::{sys, OpKind, SendOp, Token};
 use crate::worker::Worker;
 
 impl Worker {
-    /// Arms a receive on `dir`'s source unless it is already armed, finished, parked or at
-    /// its cap of held slots.
-    pub(crate) fn arm_recv(&mut self, key: usize, gen: u32, dir: usize) {
-        self.arm_recv_as(key, gen, dir, false);
+    /// Arms a receive on `dir`'s source unless it is already armed, finished, parked, at
+    /// its cap of held slots, or holds slots while the pool is down to its reserve.
+    /// Returns whether it armed one.
+    pub(crate) fn arm_recv(&mut self, key: usize, gen: u32, dir: usize) -> bool {
+        self.arm_recv_as(key, gen, dir, false)
     }
 
     /// Arms a receive; a `probe` completes at once with EAGAIN when nothing is queued.
-    fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) {
+    ///
+    /// Fairness: a direction that already holds a slot may take another only while the
+    /// free slots, less one per such receive already armed, exceed the reserve
+    /// (`buffer::reserve`). The rest of the pool is only for directions that hold none,
+    /// so stalled directions cannot take a slot another direction needs for its first.
+    /// A direction refused here holds slots, so its send is in flight or about to be,
+    /// and its completion arms the receive again.
+    fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) -> bool {
         let cap = self.settings.max_in_flight;
+        let b = &self.ring.buffers;
+        let free = b.count() - b.in_use();
+        let above_reserve = free.saturating_sub(self.holder_armed) > buffer::reserve(b.count());
         let Some(s) = self.table.get_mut(key, gen) else {
-            return;
+            return false;
         };
         let d = &s.dirs[dir];
+        let holding = !d.queue.is_empty();
         if s.state != State::Active
             || d.recv_armed
             || d.eof
             || d.parked
             || d.dead
             || d.queue.len() >= cap
+            || (holding && !above_reserve)
         {
-            return;
+            return false;
         }
         let (src, _) = s.fds(dir);
         let d = &mut s.dirs[dir];
         d.recv_armed = true;
         d.probing = probe;
+        d.armed_holding = holding;
+        self.holder_armed += usize::from(holding);
         s.ops += 1;
         self.ring
             .recv(src, probe, Token::new(key, gen, OpKind::Recv).dir(dir));
+        true
     }
 
     /// A receive completed. A full slot means the source likely has more queued: while
@@ -54,6 +71,9 @@ impl Worker {
         };
         let probing = std::mem::take(&mut s.dirs[dir].probing);
         s.dirs[dir].recv_armed = false;
+        if std::mem::take(&mut s.dirs[dir].armed_holding) {
+            self.holder_armed -= 1;
+        }
         if s.state != State::Active {
             self.drop_received(slot);
             return;
@@ -63,6 +83,14 @@ impl Worker {
                 let d = &mut s.dirs[dir];
                 self.ring.buffers.take(slot);
                 let now_ms = self.now_ms;
+                if d.queue.is_empty() {
+                    // Data waits for the destination from now on (the send timeout).
+                    d.waiting_since = now_ms as u32;
+                    if self.settings.send_timeout.is_some() && !d.listed {
+                        d.listed = true;
+                        self.holding.push((key, gen, dir));
+                    }
+                }
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending && d.queue.len() < cap;
                 let ep = self.endpoint_counters.get_mut(s.endpoint as usize);
@@ -78,9 +106,8 @@ impl Worker {
                     }
                 }
                 self.table.touch(key, now_ms);
-                if gather {
-                    self.arm_recv_as(key, gen, dir, true);
-                } else {
+                // The probe may be refused (the reserve): then send what was gathered.
+                if !(gather && self.arm_recv_as(key, gen, dir, true)) {
                     self.start_send(key, gen, dir);
                     self.arm_recv(key, gen, dir);
                 }
@@ -98,6 +125,15 @@ impl Worker {
             }
             (e, _) if e == -libc::ENOBUFS => {
                 s.dirs[dir].parked = true;
+                if s.dirs[dir].queue.is_empty() && !s.dirs[dir].hup_armed {
+                    // Parked with nothing held, it cannot receive the peer's reset:
+                    // a poll that needs no buffer watches for it meanwhile.
+                    s.dirs[dir].hup_armed = true;
+                    s.ops += 1;
+                    let (src, _) = s.fds(dir);
+                    self.ring
+                        .watch_hangup(src, Token::new(key, gen, OpKind::Hup).dir(dir));
+                }
                 self.counters.buffer_waits += 1;
                 self.waiters.push_back((key, gen, dir));
                 // What was gathered goes out; slots may have come back meanwhile.
@@ -205,6 +241,8 @@ impl Worker {
             }
             return;
         }
+        // The destination took bytes: the send timeout starts again.
+        s.dirs[dir].waiting_since = self.now_ms as u32;
         if self
             .ring
             .buffers
@@ -276,6 +314,37 @@ impl Worker {
         self.pass_fin(key, gen, from_dead);
     }
 
+    /// A parked direction's source was reset or shut down. A reset (`POLLERR`) fails
+    /// the source as a receive would; a shutdown with nothing unread before it is its
+    /// EOF. With data before the FIN, the direction waits for a slot as before.
+    pub(crate) fn on_hangup(&mut self, key: usize, gen: u32, dir: usize, res: i32) {
+        let Some(s) = self.table.get_mut(key, gen) else {
+            return;
+        };
+        s.dirs[dir].hup_armed = false;
+        if res < 0 || s.state != State::Active || !s.dirs[dir].parked {
+            return;
+        }
+        let (src, _) = s.fds(dir);
+        let ev = res as i16;
+        if ev & libc::POLLERR != 0 {
+            self.count_peer_error(
+                key,
+                dir,
+                true,
+                -sys::socket_error(src).unwrap_or(libc::ECONNRESET),
+            );
+            self.peer_failed(key, gen, dir == CLIENT_TO_UPSTREAM);
+        } else if ev & (libc::POLLRDHUP | libc::POLLHUP) != 0 && sys::unread_bytes(src) == 0 {
+            // POLLHUP alone is both sides shut down (our FIN passed, theirs came): an EOF.
+            let d = &mut s.dirs[dir];
+            d.parked = false;
+            d.eof = true;
+            self.start_send(key, gen, dir);
+            self.pass_fin(key, gen, dir);
+        }
+    }
+
     /// Takes and at once hands back a slot a receive filled that no session can use.
     pub(crate) fn drop_received(&mut self, slot: Option<u16>) {
         if let Some(slot) = slot {
@@ -305,8 +374,11 @@ impl Worker {
                 continue;
             }
             s.dirs[dir].parked = false;
-            self.arm_recv(key, gen, dir);
-            free -= 1;
+            // A direction that holds slots may be refused (the reserve); its own send
+            // completion arms it again.
+            if self.arm_recv(key, gen, dir) {
+                free -= 1;
+            }
         }
     }
 

@@ -101,7 +101,7 @@ const SCALARS: &[Scalar] = &[
     Scalar { name: "sssonector_buffer_pool_utilization", kind: Kind::Gauge, unit: None, help: "Fraction (0..1) of buffer slots holding data received and not yet sent.", value: |s, _| ratio(s.total.buffer_slots_in_use, s.total.buffer_slots_total) },
     Scalar { name: "sssonector_buffer_allocation_rate", kind: Kind::Gauge, unit: Some(Unit::CountPerSecond), help: "Buffer slot checkouts per second (one per receive), averaged over the last metrics_interval.", value: |_, w| w.allocations_per_sec },
     Scalar { name: "sssonector_connection_errors_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Connection errors: failed upstream dial attempts plus errors (reset, broken pipe) on either side of a session.", value: |s, _| (s.total.upstream_connect_errors + s.total.client_errors + s.total.upstream_errors) as f64 },
-    Scalar { name: "sssonector_connection_timeouts_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Timeouts: upstream dials past pool.connect_timeout, sessions idle past session.idle_timeout, clients queued past pool.queue_timeout.", value: |s, _| (s.total.upstream_connect_timeouts + s.total.session_timeouts + s.total.queue_timeouts) as f64 },
+    Scalar { name: "sssonector_connection_timeouts_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Timeouts: upstream dials past pool.connect_timeout, sessions idle past session.idle_timeout, sessions whose peer took nothing for session.send_timeout, clients queued past pool.queue_timeout.", value: |s, _| (s.total.upstream_connect_timeouts + s.total.session_timeouts + s.total.send_timeouts + s.total.queue_timeouts) as f64 },
     Scalar { name: "sssonector_health_check_failures_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Health probes that failed, all endpoints.", value: |s, _| probes_failed(s) as f64 },
     Scalar { name: "sssonector_sessions_accepted_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Client connections accepted.", value: |s, _| s.total.sessions_total as f64 },
     Scalar { name: "sssonector_sessions_closed_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Client sessions ended, whatever the reason (see sssonector_session_close_reasons_total).", value: |s, _| s.total.sessions_closed as f64 },
@@ -140,6 +140,7 @@ const LABELLED: &[Labelled] = &[
         label: "reason",
         values: &[
             ("idle_timeout", |c| c.session_timeouts),
+            ("send_timeout", |c| c.send_timeouts),
             ("connect_failed", |c| c.connection_failures),
             ("queue_timeout", |c| c.queue_timeouts),
             ("queue_full", |c| c.queue_rejected),
@@ -166,6 +167,7 @@ const LABELLED: &[Labelled] = &[
         values: &[
             ("connect", |c| c.upstream_connect_timeouts),
             ("session_idle", |c| c.session_timeouts),
+            ("session_send", |c| c.send_timeouts),
             ("queue", |c| c.queue_timeouts),
         ],
     },

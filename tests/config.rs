@@ -46,6 +46,7 @@ fn spec_defaults() -> ConnectionConfig {
         },
         session: SessionConfig {
             idle_timeout: secs(3600),
+            send_timeout: secs(60),
         },
         health_check: HealthCheckConfig {
             enabled: true,

@@ -21,6 +21,25 @@ pub const MAX_SLOTS: usize = 32768;
 /// The kernel's limit on registered fixed buffers (`UIO_MAXIOV`-sized table).
 const MAX_FIXED: usize = 16384;
 
+/// Of a worker's `count` slots, how many directions that already hold a slot may not
+/// take: half. A receive of a direction that holds slots is armed only while the free
+/// slots, less those such receives already armed may take, exceed it; so directions
+/// that hold none (a new or idle session, a quiet direction) still find a slot after
+/// stalled directions have taken all they may. `max_in_flight` thereby shrinks to 1
+/// as the pool fills past half.
+pub fn reserve(count: usize) -> usize {
+    count / 2
+}
+
+/// The fewest directions that can hold every one of `count` slots when each holds at
+/// most `max_in_flight`: slots beyond a direction's first come only from the part
+/// above the reserve, so `d` directions hold at most `d + min(d (max_in_flight - 1),
+/// count - reserve)`, which reaches `count` first at `max(reserve, ceil(count /
+/// max_in_flight))`.
+pub fn directions_to_exhaust(count: usize, max_in_flight: usize) -> usize {
+    reserve(count).max(count.div_ceil(max_in_flight.max(1)))
+}
+
 /// Whether fixed-buffer registration worked; decided per worker, warned about once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -456,6 +475,24 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(r.in_use(), 0);
         assert_eq!(r.in_use_max(), 3);
+    }
+
+    #[test]
+    fn directions_to_exhaust_follow_the_arithmetic() {
+        // 1000 slots over 2 workers, 4 per direction: the reserve (250) decides.
+        assert_eq!(directions_to_exhaust(500, 4), 250);
+        assert_eq!(directions_to_exhaust(64, 4), 32);
+        // A cap of 1: every slot needs its own direction.
+        assert_eq!(directions_to_exhaust(64, 1), 64);
+        assert_eq!(directions_to_exhaust(1, 4), 1);
+        // Brute force over the bound d + min(d (m - 1), count - reserve).
+        for count in 1..80 {
+            for m in 1..=16 {
+                let holds = |d: usize| d + (d * (m - 1)).min(count - reserve(count));
+                let least = (1..=count).find(|&d| holds(d) >= count);
+                assert_eq!(least, Some(directions_to_exhaust(count, m)), "{count} {m}");
+            }
+        }
     }
 
     #[test]

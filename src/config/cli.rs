@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{
     duration, invalid, parse, schema, values, Config, ConfigError, ListenerConfig, Source, Workers,
-    CLI_LISTENER,
+    CLI_LISTENER, MAX_IN_FLIGHT,
 };
 
 impl Config {
@@ -128,6 +128,23 @@ impl Config {
             c.buffer.max_pool_size,
             c.buffer.size,
             (per_worker * workers) as f64 * c.buffer.size as f64 / f64::from(1u32 << 20)
+        ));
+        let hold = crate::buffer::directions_to_exhaust(
+            per_worker,
+            c.buffer.max_in_flight.clamp(1, MAX_IN_FLIGHT),
+        )
+        .div_ceil(2);
+        out.push_str(&format!(
+            "# buffers: {hold} sessions whose peers stop reading can hold one worker's buffers \
+             (max_active {}); {}\n",
+            c.pool.max_active,
+            match c.session.send_limit() {
+                Some(t) => format!(
+                    "session.send_timeout closes them after {}",
+                    duration::format(t)
+                ),
+                None => "session.send_timeout 0: they keep them".into(),
+            }
         ));
         let endpoints: usize = self.listeners.iter().map(|l| l.upstreams.len()).sum();
         out.push_str(&format!(

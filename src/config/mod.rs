@@ -298,6 +298,10 @@ pub struct SessionConfig {
     /// means never. Default 1 h, as Envoy's `tcp_proxy`.
     #[serde(with = "duration::serde")]
     pub idle_timeout: Duration,
+    /// A session whose peer has taken no byte for this long while data waits for it is
+    /// closed, so the buffers it holds come back; zero means never. Default 60 s.
+    #[serde(with = "duration::serde")]
+    pub send_timeout: Duration,
 }
 
 impl SessionConfig {
@@ -305,12 +309,18 @@ impl SessionConfig {
     pub fn idle_limit(&self) -> Option<Duration> {
         (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
     }
+
+    /// The send-progress limit, `None` when it is off (`send_timeout: 0`).
+    pub fn send_limit(&self) -> Option<Duration> {
+        (!self.send_timeout.is_zero()).then_some(self.send_timeout)
+    }
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             idle_timeout: Duration::from_secs(3600),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -227,6 +227,10 @@ const COMMENTS: &[(&str, &str)] = &[
         "connection.session.idle_timeout",
         "a session with no traffic either way for this long is closed; 0: never",
     ),
+    (
+        "connection.session.send_timeout",
+        "a session whose peer takes no byte for this long while data waits is closed; 0: never",
+    ),
     ("connection.health_check", "the endpoint prober"),
     (
         "connection.health_check.enabled",

@@ -50,6 +50,17 @@ pub struct Direction {
     /// The destination failed (reset or error): nothing more is sent or received this
     /// way; what was queued for it is dropped (no peer can take it any more).
     pub dead: bool,
+    /// The armed receive was armed while the direction held slots: it is counted in the
+    /// worker's `holder_armed` until it completes.
+    pub armed_holding: bool,
+    /// A `Hup` watch is armed on the source (set while parked without a slot).
+    pub hup_armed: bool,
+    /// On the worker's `holding` list (the send-timeout sweep looks at it).
+    pub listed: bool,
+    /// Worker clock (ms, wrapping) since when data has waited for the destination
+    /// without it taking a byte: set when the queue fills from empty and on each send
+    /// that made progress.
+    pub waiting_since: u32,
 }
 
 const NIL: u32 = u32::MAX;

@@ -26,6 +26,8 @@ pub enum OpKind {
     SendMsg,
     /// The wait before a client's next dial round.
     RetryTimer,
+    /// A parked direction that holds no slot watches its source for a reset.
+    Hup,
 }
 
 impl OpKind {
@@ -41,6 +43,7 @@ impl OpKind {
             8 => OpKind::Wake,
             9 => OpKind::SendMsg,
             10 => OpKind::RetryTimer,
+            11 => OpKind::Hup,
             _ => return None,
         })
     }
@@ -200,6 +203,7 @@ pub fn probe(ring: &IoUring) -> Result<(), ProxyError> {
         ("WRITE_FIXED", opcode::WriteFixed::CODE),
         ("READ", opcode::Read::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
     ];
     let missing: Vec<&str> = needed
         .iter()

@@ -410,6 +410,15 @@ impl Ring {
         self.push(e);
     }
 
+    /// Completes when `fd` is reset or hung up (`POLLERR`/`POLLHUP`, always reported) or
+    /// its peer shut down its side (`POLLRDHUP`): no buffer is needed to notice it.
+    pub fn watch_hangup(&mut self, fd: RawFd, token: Token) {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLRDHUP as u32)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
     /// Reads the wake eventfd (another thread asks this worker to look at its flags).
     pub fn wait_wake(&mut self, eventfd: RawFd, token: Token) {
         let ptr: *mut u64 = &mut *self.wake_counter;

@@ -388,6 +388,19 @@ pub fn ignore_sigpipe() -> io::Result<bool> {
     Ok(true)
 }
 
+/// Bytes queued on `fd`'s socket for us to read (`SIOCINQ`); `usize::MAX` when it
+/// cannot be read (so no caller takes it for an empty socket).
+pub fn unread_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) writes one c_int into `n`, which we own.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r < 0 {
+        usize::MAX
+    } else {
+        n.max(0) as usize
+    }
+}
+
 /// Bytes `fd`'s socket has accepted but the peer has not acknowledged (`SIOCOUTQ`); 0
 /// when it cannot be read.
 pub fn unsent_bytes(fd: RawFd) -> usize {

@@ -164,6 +164,8 @@ impl Worker {
             }
         }
 
+        self.sweep_stalled();
+
         let queue_ms = deadline::millis(self.settings.queue_timeout);
         while let Some(&(key, gen)) = self.queued.front() {
             let Some(s) = self.table.get_mut(key, gen) else {
@@ -184,6 +186,57 @@ impl Worker {
                 self.settings.queue_timeout
             );
             self.begin_close(key, gen, false);
+        }
+    }
+
+    /// Closes sessions with a direction whose destination has taken no byte for
+    /// `session.send_timeout` while data waited for it: the slots it holds come back.
+    /// Walks only directions that held slots since the last sweep (`holding`), so its
+    /// cost is bounded by the pool and the sessions that came and went, not by the
+    /// number of sessions. The close is a reset: the peer that does not read would
+    /// otherwise keep the unsent bytes in the kernel.
+    fn sweep_stalled(&mut self) {
+        let Some(timeout) = self.settings.send_timeout else {
+            // Turned off by a reload: forget the list (flags are cleared as we go).
+            for (key, gen, dir) in std::mem::take(&mut self.holding) {
+                if let Some(s) = self.table.get_mut(key, gen) {
+                    s.dirs[dir].listed = false;
+                }
+            }
+            return;
+        };
+        let limit = deadline::millis(timeout);
+        let now = self.now_ms as u32;
+        let mut i = 0;
+        while i < self.holding.len() {
+            let (key, gen, dir) = self.holding[i];
+            let Some(s) = self.table.get_mut(key, gen) else {
+                self.holding.swap_remove(i);
+                continue;
+            };
+            let active = s.state == State::Active;
+            let d = &mut s.dirs[dir];
+            if !active || d.queue.is_empty() {
+                d.listed = false;
+                self.holding.swap_remove(i);
+                continue;
+            }
+            if u64::from(now.wrapping_sub(d.waiting_since)) < limit {
+                i += 1;
+                continue;
+            }
+            d.listed = false;
+            self.holding.swap_remove(i);
+            self.counters.send_timeouts += 1;
+            let side = if dir == CLIENT_TO_UPSTREAM {
+                "upstream"
+            } else {
+                "client"
+            };
+            tracing::debug!(
+                "{side}: took no byte for {timeout:?} while data waited; session closed"
+            );
+            self.begin_close(key, gen, true);
         }
     }
 }

@@ -136,6 +136,9 @@ pub(crate) struct Settings {
     pub pool_enabled: bool,
     /// Sessions without traffic for this long are closed; `None`: never.
     pub session_idle_timeout: Option<Duration>,
+    /// Sessions whose peer took no byte for this long while data waited are closed;
+    /// `None`: never.
+    pub send_timeout: Option<Duration>,
     pub queue_timeout: Duration,
     pub max_retries: u32,
     pub retry_interval: Duration,
@@ -153,6 +156,12 @@ pub(crate) struct Worker {
     pub settings: Settings,
     /// Directions parked on ENOBUFS, served first come first served as slots return.
     pub waiters: VecDeque<(usize, u32, usize)>,
+    /// Directions that held slots when the send-timeout sweep last looked (each at most
+    /// once: `Direction::listed`); entries of closed sessions go on the next sweep.
+    pub holding: Vec<(usize, u32, usize)>,
+    /// Armed receives of directions that already hold a slot: each may still take one
+    /// from the ring, so they count against the reserve (`buffer::reserve`).
+    pub holder_armed: usize,
     pub counters: WorkerCounters,
     histograms: WorkerHistograms,
     /// Per endpoint id (as many as this worker knows).
@@ -531,6 +540,7 @@ impl Worker {
             OpKind::SendMsg => {
                 self.on_send_msg(key, token.gen, token.dir as usize, token.slot, res)
             }
+            OpKind::Hup => self.on_hangup(key, token.gen, token.dir as usize, res),
             OpKind::ConnectTimeout | OpKind::Cancel => {}
             OpKind::Accept | OpKind::Tick | OpKind::Wake => {}
         }

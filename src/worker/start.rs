@@ -28,6 +28,7 @@ impl Settings {
             send_mode: conn.buffer.send_mode,
             pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
             session_idle_timeout: conn.session.idle_limit(),
+            send_timeout: conn.session.send_limit(),
             queue_timeout: conn.pool.queue_timeout,
             max_retries: conn.pool.max_retries,
             retry_interval: conn.pool.retry_interval,
@@ -45,10 +46,40 @@ fn sweep_period(config: &Config) -> Duration {
     if let Some(session) = c.session.idle_limit() {
         shortest = shortest.min(session);
     }
+    if let Some(send) = c.session.send_limit() {
+        shortest = shortest.min(send);
+    }
     if c.health_check.enabled {
         shortest = shortest.min(c.health_check.interval);
     }
     (shortest / 10).clamp(TICK, Duration::from_secs(1))
+}
+
+/// Warns when fewer sessions than `max_active` can hold every buffer of one worker
+/// (docs/design.md, "Pool sizing"): then clients that stop reading make that worker's
+/// other sessions wait for buffers, until `session.send_timeout` closes them.
+fn warn_if_few_sessions_hold_the_pool(config: &Config, slots: usize) {
+    let c = &config.connection;
+    let max_in_flight = Settings::from_config(config).max_in_flight;
+    let sessions = crate::buffer::directions_to_exhaust(slots, max_in_flight).div_ceil(2);
+    if sessions >= c.pool.max_active {
+        return;
+    }
+    let how_long = match c.session.send_limit() {
+        Some(t) => format!(
+            "until session.send_timeout ({}) closes them",
+            crate::config::duration::format(t)
+        ),
+        None => "for as long as they stay (session.send_timeout is 0)".into(),
+    };
+    tracing::warn!(
+        "one worker's {slots} buffers can be held by {sessions} sessions whose peers stop \
+         reading (max(reserve {}, ceil({slots} / max_in_flight {max_in_flight})) directions, \
+         two per session), fewer than max_active {}: the worker's other sessions then wait \
+         for buffers {how_long}. Raise buffer.max_pool_size or lower max_active to rule it out",
+        crate::buffer::reserve(slots),
+        c.pool.max_active
+    );
 }
 
 /// Binds every listener, starts the workers (and the health prober), and returns once
@@ -76,6 +107,8 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
+
+    warn_if_few_sessions_hold_the_pool(&config, slots);
 
     // Every endpoint of every listener; a listener's endpoints are ids into this list.
     let mut endpoint_addrs = Vec::new();
@@ -211,6 +244,8 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     live_generation: 0,
                     settings,
                     waiters: VecDeque::new(),
+                    holding: Vec::new(),
+                    holder_armed: 0,
                     counters: WorkerCounters::default(),
                     histograms: WorkerHistograms::default(),
                     endpoint_counters: vec![EndpointCounters::default(); endpoint_addrs.len()],
