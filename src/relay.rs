@@ -125,7 +125,8 @@ impl Worker {
             }
             (e, _) if e == -libc::ENOBUFS => {
                 s.dirs[dir].parked = true;
-                if s.dirs[dir].queue.is_empty() && !s.dirs[dir].hup_armed {
+                let empty_handed = s.dirs[dir].queue.is_empty();
+                if empty_handed && !s.dirs[dir].hup_armed {
                     // Parked with nothing held, it cannot receive the peer's reset:
                     // a poll that needs no buffer watches for it meanwhile.
                     s.dirs[dir].hup_armed = true;
@@ -135,7 +136,11 @@ impl Worker {
                         .watch_hangup(src, Token::new(key, gen, OpKind::Hup).dir(dir));
                 }
                 self.counters.buffer_waits += 1;
-                self.waiters.push_back((key, gen, dir));
+                if empty_handed {
+                    self.waiters_empty.push_back((key, gen, dir));
+                } else {
+                    self.waiters.push_back((key, gen, dir));
+                }
                 // What was gathered goes out; slots may have come back meanwhile.
                 self.start_send(key, gen, dir);
                 self.serve_waiters();
@@ -364,7 +369,11 @@ impl Worker {
     pub(crate) fn serve_waiters(&mut self) {
         let mut free = self.ring.buffers.count() - self.ring.buffers.in_use();
         while free > 0 {
-            let Some((key, gen, dir)) = self.waiters.pop_front() else {
+            let Some((key, gen, dir)) = self
+                .waiters_empty
+                .pop_front()
+                .or_else(|| self.waiters.pop_front())
+            else {
                 break;
             };
             let Some(s) = self.table.get_mut(key, gen) else {

@@ -56,6 +56,7 @@ impl Worker {
             d.parked = false;
         }
         self.waiters.retain(|&(k, g, _)| (k, g) != (key, gen));
+        self.waiters_empty.retain(|&(k, g, _)| (k, g) != (key, gen));
     }
 
     /// After an op of entry `key` completed or it started closing: free a drained entry,

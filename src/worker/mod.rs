@@ -154,8 +154,13 @@ pub(crate) struct Worker {
     pub table: ConnTable,
     pub listeners: Vec<WorkerListener>,
     pub settings: Settings,
-    /// Directions parked on ENOBUFS, served first come first served as slots return.
+    /// Directions parked on ENOBUFS that held slots, served first come first served as
+    /// slots return, after every one of `waiters_empty`.
     pub waiters: VecDeque<(usize, u32, usize)>,
+    /// Directions parked on ENOBUFS holding no slot: served first. Sessions that hold
+    /// nothing never queue behind those that hold the pool (peers that do not read), so
+    /// how long they wait does not grow with the number of such sessions.
+    pub waiters_empty: VecDeque<(usize, u32, usize)>,
     /// Directions that held slots when the send-timeout sweep last looked (each at most
     /// once: `Direction::listed`); entries of closed sessions go on the next sweep.
     pub holding: Vec<(usize, u32, usize)>,
@@ -417,7 +422,7 @@ impl Worker {
         self.counters.buffer_slots_in_use = b.in_use() as u64;
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
         self.counters.buffer_allocations = b.allocations();
-        self.counters.buffer_waiters = self.waiters.len() as u64;
+        self.counters.buffer_waiters = (self.waiters.len() + self.waiters_empty.len()) as u64;
         // Every pool dial is a table entry until it joins the pool.
         self.counters.sessions_active = self.client_sessions() as u64;
         for (ep, c) in self.endpoint_counters.iter().enumerate() {

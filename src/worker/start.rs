@@ -244,6 +244,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                     live_generation: 0,
                     settings,
                     waiters: VecDeque::new(),
+                    waiters_empty: VecDeque::new(),
                     holding: Vec::new(),
                     holder_armed: 0,
                     counters: WorkerCounters::default(),
