@@ -70,6 +70,9 @@ fn exit_code_after(signal: libc::c_int) -> Option<i32> {
             &up,
             "--workers",
             "1",
+            // Not the default 127.0.0.1:9090: tests never use fixed ports.
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .env("SSSONECTOR_LOG", "info")
         .stderr(Stdio::piped())

@@ -40,7 +40,7 @@ fn out_of_descriptors_then_back_accepts_again_every_time() {
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - name: l\n    listen: 127.0.0.1:0\n    upstreams: [{}]\nworkers: 1\nconnection:\n  pool:\n    max_idle: 4\n  health_check:\n    interval: 200ms\n    timeout: 100ms\n    fall: 2\n    rise: 25\n",
+            "listeners:\n  - name: l\n    listen: 127.0.0.1:0\n    upstreams: [{}]\nworkers: 1\nconnection:\n  pool:\n    max_idle: 4\n  health_check:\n    interval: 200ms\n    timeout: 100ms\n    fall: 2\n    rise: 25\n  monitoring:\n    listen: 127.0.0.1:0\n",
             up.addr
         ),
     )

@@ -163,6 +163,8 @@ fn the_pool_learns_how_long_a_server_keeps_unclaimed_connections() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sssonector"))
         .arg("--config")
         .arg(&config)
+        // Not the default 127.0.0.1:9090: tests never use fixed ports.
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("SSSONECTOR_LOG", "warn")
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
