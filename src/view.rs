@@ -31,6 +31,7 @@ impl ProxyView {
         // One look at the pool, under one lock.
         let (pool, idle) = shared.pool.stats_and_idle();
         s.pool = pool;
+        s.health_check_failures = self.health_check_failures();
         s.draining = shared.draining() || shared.stopping();
         s.endpoints = self.endpoints(Some(&idle));
         s.listeners = self.listeners();
@@ -55,6 +56,15 @@ impl ProxyView {
             listeners: self.listeners(),
             ..StatsSnapshot::default()
         }
+    }
+
+    /// Failed health probes of every endpoint the process ever had, retired ones
+    /// included, so the total never goes down when a reload removes an endpoint.
+    pub fn health_check_failures(&self) -> u64 {
+        let t = &self.shared.endpoints;
+        (0..t.len())
+            .map(|id| t.get(id).probes_failed.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Every endpoint still shown; `idle` (by id) also fills the counters.
