@@ -127,7 +127,9 @@ impl Reloader {
                         id
                     }
                 };
-                ids.push(id);
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
             }
             listener_endpoints.push(ids);
         }

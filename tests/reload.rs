@@ -334,3 +334,23 @@ fn health_check_failures_total_does_not_drop_when_a_reload_removes_an_endpoint()
         "the retired endpoint's own series are gone"
     );
 }
+
+/// Two spellings of one address are one endpoint: validation rejects them (see
+/// tests/config_errors.rs), and a config that skips validation still gets one id per
+/// address, so a reload of the unchanged config retires nothing. Before, both got an id
+/// at start, the reload found the first id for both and retired the second.
+#[test]
+fn a_reload_of_an_unchanged_config_with_one_address_twice_retires_nothing() {
+    let up = Upstream::echo();
+    let mut config = test_config(&[&[up.addr]], 1, "");
+    let l = &mut config.listeners[0];
+    l.upstreams.push(format!("127.1:{}", up.addr.port()));
+    l.resolved.push(up.addr);
+    let handle = sssonector::start(config.clone()).expect("start");
+    let endpoints = handle.stats().endpoints.len();
+    let outcome = handle.reloader().reload(config).expect("reload");
+    handle.shutdown().expect("stop");
+    assert_eq!(endpoints, 1, "one endpoint per address");
+    assert!(outcome.retired.is_empty(), "retired {:?}", outcome.retired);
+    assert!(outcome.added.is_empty(), "added {:?}", outcome.added);
+}
