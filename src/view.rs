@@ -38,6 +38,11 @@ impl ProxyView {
         s
     }
 
+    /// A drain or stop has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining() || self.shared.stopping()
+    }
+
     /// Per worker, milliseconds since it last published (`None`: finished): all that
     /// `/healthz` reads. No lock, no allocation beyond the vector.
     pub fn heartbeat_ages(&self) -> Vec<Option<u64>> {
@@ -51,7 +56,7 @@ impl ProxyView {
     /// without the counters or the pool (no pool lock); idle counts are left at 0.
     pub fn readiness(&self) -> StatsSnapshot {
         StatsSnapshot {
-            draining: self.shared.draining() || self.shared.stopping(),
+            draining: self.is_draining(),
             endpoints: self.endpoints(None),
             listeners: self.listeners(),
             ..StatsSnapshot::default()
