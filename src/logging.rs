@@ -113,6 +113,9 @@ pub(crate) struct LogLimits {
     pub peer_errors: RateLimited,
     /// Upstream sockets that cannot be created (out of descriptors): one line per second.
     pub upstream_socket: RateLimited,
+    /// Completions the kernel dropped (EBADR): one line per 10 s. A ring that overflows
+    /// once tends to overflow many times; a line each would stall the worker on stderr.
+    pub dropped_completion: RateLimited,
 }
 
 impl Default for LogLimits {
@@ -121,6 +124,7 @@ impl Default for LogLimits {
             accept: RateLimited::new(Duration::from_secs(10)),
             peer_errors: RateLimited::new(Duration::from_secs(1)),
             upstream_socket: RateLimited::new(Duration::from_secs(1)),
+            dropped_completion: RateLimited::new(Duration::from_secs(10)),
         }
     }
 }
@@ -128,6 +132,21 @@ impl Default for LogLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_limits_every_error_that_can_repeat_in_its_loop() {
+        let mut l = LogLimits::default();
+        let t0 = Instant::now();
+        for r in [
+            &mut l.accept,
+            &mut l.peer_errors,
+            &mut l.upstream_socket,
+            &mut l.dropped_completion,
+        ] {
+            assert_eq!(r.hit_at(t0), Some(0));
+            assert_eq!(r.hit_at(t0 + Duration::from_millis(10)), None);
+        }
+    }
 
     #[test]
     fn one_line_per_period_with_the_count_held_back() {

@@ -350,6 +350,9 @@ pub struct StatsSnapshot {
     pub draining: bool,
     /// The warm pool (shared by the workers): idle connections and discards by reason.
     pub pool: crate::upstream::PoolStats,
+    /// Failed health probes of every endpoint ever configured, retired ones included
+    /// (`endpoints` drops a retired endpoint once it is empty; this total never drops).
+    pub health_check_failures: u64,
 }
 
 impl StatsSnapshot {

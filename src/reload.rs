@@ -65,19 +65,31 @@ pub struct ReloadOutcome {
 pub struct Reloader {
     shared: Arc<Shared>,
     current: Mutex<Config>,
+    /// `current.shutdown`, under a lock of its own that a reload holds only to store it:
+    /// the drain reads it without waiting for a reload.
+    shutdown: Arc<Mutex<ShutdownConfig>>,
 }
 
 impl Reloader {
     pub(crate) fn new(shared: Arc<Shared>, config: Config) -> Reloader {
         Reloader {
             shared,
+            shutdown: Arc::new(Mutex::new(config.shutdown.clone())),
             current: Mutex::new(config),
         }
     }
 
-    /// The drain settings in force (a reload may change them).
+    /// The drain settings in force (a reload may change them); never waits for a reload.
     pub fn shutdown_config(&self) -> ShutdownConfig {
-        self.lock().shutdown.clone()
+        self.shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The drain settings in force, shared: a reload stores its new ones there.
+    pub fn shutdown_settings(&self) -> Arc<Mutex<ShutdownConfig>> {
+        self.shutdown.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Config> {
@@ -127,7 +139,9 @@ impl Reloader {
                         id
                     }
                 };
-                ids.push(id);
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
             }
             listener_endpoints.push(ids);
         }
@@ -161,6 +175,7 @@ impl Reloader {
             .unwrap_or_else(|p| p.into_inner()) = conn.health_check.clone();
         self.shared
             .publish_live(LiveConfig::new(&new, listener_endpoints));
+        *self.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = new.shutdown.clone();
         *current = new;
         Ok(outcome)
     }

@@ -1,5 +1,7 @@
 //! Process signals: SIGTERM and SIGINT start a graceful drain, a second one stops at
-//! once; SIGHUP reloads the configuration file ([`crate::reload`]).
+//! once, one after the drain thread is done ends the process (default action); SIGHUP
+//! reloads the configuration file ([`crate::reload`]) on a thread of its own, and is
+//! ignored once a stop has begun.
 //!
 //! The drain, on its own control thread:
 //! 1. at once: `/readyz` fails (load balancers and kube-proxy stop routing here);
@@ -12,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Config, ShutdownConfig};
@@ -27,6 +30,9 @@ pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ProxyError> + Send>;
 /// that arrives during startup is kept and acted on, not fatal.
 pub struct ProcessSignals {
     signals: signal_hook::iterator::Signals,
+    /// Set once the drain thread is done: SIGINT and SIGTERM then take their default
+    /// action (the process ends), so a stop that hangs can still be ended by a signal.
+    default_again: Arc<AtomicBool>,
 }
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProxyError {
@@ -36,14 +42,23 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProxyError {
 
 impl ProcessSignals {
     pub fn install() -> Result<ProcessSignals, ProxyError> {
+        let default_again = Arc::new(AtomicBool::new(false));
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            signal_hook::flag::register_conditional_default(sig, default_again.clone())
+                .map_err(internal("cannot install signal handlers"))?;
+        }
         let signals =
             signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
                 .map_err(internal("cannot install signal handlers"))?;
-        Ok(ProcessSignals { signals })
+        Ok(ProcessSignals {
+            signals,
+            default_again,
+        })
     }
 
-    /// Starts the thread that waits for signals (and runs reloads) and the one that runs
-    /// the drain.
+    /// Starts the thread that waits for signals, the one that runs reloads and the one
+    /// that runs the drain. The signal thread never blocks: SIGTERM begins the drain
+    /// (`/readyz` fails) at once, even while a reload (and its DNS lookups) runs.
     pub fn spawn(
         self,
         trigger: ShutdownTrigger,
@@ -51,21 +66,48 @@ impl ProcessSignals {
         reloader: Arc<Reloader>,
         load: ConfigLoader,
     ) -> Result<JoinHandle<()>, ProxyError> {
-        let mut signals = self.signals;
-        let (tx, rx) = mpsc::channel();
-        let for_drain = reloader.clone();
-        let drain_view = view.clone();
+        let ProcessSignals {
+            mut signals,
+            default_again,
+        } = self;
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let (reload_tx, reload_rx) = mpsc::channel::<()>();
+        // Read by the drain without the reload's lock.
+        let shutdown = reloader.shutdown_settings();
+        let reload_view = view.clone();
+        std::thread::Builder::new()
+            .name("sssonector-reload".into())
+            .spawn(move || {
+                while reload_rx.recv().is_ok() {
+                    // SIGHUPs that came during a reload make one more reload, not many.
+                    while reload_rx.try_recv().is_ok() {}
+                    if reload_view.is_draining() {
+                        tracing::warn!("SIGHUP while draining: not reloading");
+                    } else {
+                        reload(&reloader, &load);
+                    }
+                }
+            })
+            .map_err(internal("cannot spawn the reload thread"))?;
+        let begin = trigger.clone();
         std::thread::Builder::new()
             .name("sssonector-signals".into())
             .spawn(move || {
+                let mut stopping = false;
                 for sig in signals.forever() {
                     if sig == libc::SIGHUP {
-                        if view.stats().draining {
-                            tracing::warn!("SIGHUP while draining: not reloading");
+                        if stopping {
+                            tracing::warn!("SIGHUP after SIGTERM/SIGINT: ignored, stopping");
                         } else {
-                            reload(&reloader, &load);
+                            let _ = reload_tx.send(());
                         }
-                    } else if tx.send(sig).is_err() {
+                        continue;
+                    }
+                    if !stopping {
+                        stopping = true;
+                        begin.begin_drain();
+                    }
+                    if stop_tx.send(sig).is_err() {
                         break;
                     }
                 }
@@ -74,10 +116,11 @@ impl ProcessSignals {
         std::thread::Builder::new()
             .name("sssonector-drain".into())
             .spawn(move || {
-                if let Ok(sig) = rx.recv() {
-                    let cfg = for_drain.shutdown_config();
-                    drain(sig, &rx, &trigger, &drain_view, &cfg);
+                if let Ok(sig) = stop_rx.recv() {
+                    let cfg = shutdown.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    drain(sig, &stop_rx, &trigger, &view, &cfg);
                 }
+                default_again.store(true, Ordering::Release);
             })
             .map_err(internal("cannot spawn the drain thread"))
     }

@@ -85,8 +85,10 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
+/// Every endpoint's failed probes, retired ones included: summing `s.endpoints` would
+/// make the total drop when a reload removes an endpoint.
 fn probes_failed(s: &StatsSnapshot) -> u64 {
-    s.endpoints.iter().map(|e| e.probes_failed).sum()
+    s.health_check_failures
 }
 
 /// The spec's ten first, spelled as the spec spells them; then what an operator needs to
@@ -443,6 +445,25 @@ mod tests {
             );
             assert!(out.contains(&line), "{line}{out}");
         }
+    }
+
+    #[test]
+    fn failed_probes_count_endpoints_no_longer_shown() {
+        // A reload retired the failing endpoint: `endpoints` no longer lists it.
+        let s = StatsSnapshot {
+            health_check_failures: 7,
+            ..StatsSnapshot::default()
+        };
+        let out = render(&s, &Window::default());
+        assert!(
+            out.contains("\nsssonector_health_check_failures_total 7\n"),
+            "{out}"
+        );
+        let sampler = WindowSampler::default();
+        let t0 = Instant::now();
+        sampler.sample(&s, t0);
+        sampler.sample(&s, t0 + Duration::from_secs(1));
+        assert_eq!(sampler.last().health_check_failures, 0);
     }
 
     #[test]

@@ -343,3 +343,63 @@ fn a_client_that_never_finishes_its_request_gets_408_and_is_closed() {
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     proxy.stop();
 }
+
+/// Connections that send nothing cost the admin server no thread: with 40 of them held
+/// open (replaced whenever the server closes one), `/healthz`, `/readyz` and `/metrics`
+/// keep answering. Before the event-loop front, each idle connection held one of the 32
+/// request threads for 5 s and every probe got "503 admin server busy" or a reset.
+#[test]
+fn idle_connections_do_not_starve_the_probes() {
+    let up = Upstream::echo();
+    let (proxy, admin) = proxy_with_admin(up.addr, 1);
+    wait_status(admin, "/readyz", 200);
+    let mut idle: Vec<TcpStream> = Vec::new();
+    let started = Instant::now();
+    let (mut probes, mut failed) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(6) {
+        // Keep 40 silent connections open, replacing those the server closed.
+        idle.retain(|c| {
+            let mut b = [0u8; 1];
+            c.set_nonblocking(true).ok();
+            (&*c).read(&mut b).is_err()
+        });
+        while idle.len() < 40 {
+            idle.push(TcpStream::connect(admin).expect("connect"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            probes += 1;
+            match http_get(admin, path) {
+                Ok((200, _)) => {}
+                Ok((status, body)) => failed.push(format!("{path} -> {status}: {body}")),
+                Err(e) => failed.push(format!("{path} -> no answer: {e}")),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(idle);
+    proxy.stop();
+    assert!(
+        failed.is_empty(),
+        "{} of {probes} failed: {failed:?}",
+        failed.len()
+    );
+}
+
+/// The probes are answered by the admin server's event loop itself; a HEAD request gets
+/// the head and no body there too.
+#[test]
+fn a_head_request_for_the_probes_gets_the_head_only() {
+    let up = Upstream::echo();
+    let (proxy, admin) = proxy_with_admin(up.addr, 1);
+    let mut c = TcpStream::connect(admin).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read");
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\n"), "no body after a HEAD: {out:?}");
+    proxy.stop();
+}

@@ -238,6 +238,8 @@ fn cases() -> Vec<Bad> {
         bad("upstream as a port number", "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: 9000\n", "listeners[0].upstreams", 4, "`9000`", &["host:port"]),
         bad("unresolvable upstream", "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - no-such-host.invalid:80\n", "listeners[0].upstreams[0]", 5, "no-such-host.invalid:80", &["cannot resolve"]),
         bad("duplicate upstream", "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - 127.0.0.1:2\n      - 127.0.0.1:2\n", "listeners[0].upstreams[1]", 6, "`127.0.0.1:2`", &["duplicate"]),
+        // `127.1` is 127.0.0.1 to getaddrinfo (inet_aton), with no DNS involved.
+        bad("two spellings of one upstream", "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams:\n      - 127.0.0.1:2\n      - 127.1:2\n", "listeners[0].upstreams[1]", 6, "`127.1:2`", &["duplicate", "`127.0.0.1:2` (upstreams[0])", "resolve to 127.0.0.1:2"]),
         bad("duplicate listener name", &TWO.replace("name: b", "name: a"), "listeners[1].name", 5, "`a`", &["duplicate"]),
         bad("duplicate listen address", &TWO.replace("8444", "8443"), "listeners[1].listen", 6, "127.0.0.1:8443", &["overlaps listener `a`"]),
         bad("wildcard listen overlap", &TWO.replace("127.0.0.1:8444", "\":8443\""), "listeners[1].listen", 6, "0.0.0.0:8443", &["overlaps listener `a`"]),

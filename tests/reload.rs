@@ -285,3 +285,72 @@ fn a_reload_reshares_the_shared_pool_and_flushes_a_removed_endpoint() {
     assert_eq!((s.total.pool_hits, s.pool.idle), (0, 0), "the pool is off");
     proxy.stop();
 }
+
+fn health_conn(health: &str) -> String {
+    format!(
+        "  pool:\n    max_idle: 2\n\
+         \x20 health_check:\n{health}    interval: 200ms\n    timeout: 100ms\n    fall: 2\n    rise: 1\n\
+         \x20 monitoring:\n    metrics_interval: 1s\n    listen: 127.0.0.1:0\n"
+    )
+}
+
+fn scrape(admin: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").expect("scrape");
+    sample(&parse_exposition(&body), name, "").unwrap_or(-1.0)
+}
+
+/// Counters only grow: a reload that removes a down endpoint (with failed probes) must
+/// not take its failures out of `sssonector_health_check_failures_total`. It was summed
+/// over the endpoints the snapshot shows, and a retired endpoint with no sessions and no
+/// idle connections is not shown.
+#[test]
+fn health_check_failures_total_does_not_drop_when_a_reload_removes_an_endpoint() {
+    let up = Upstream::echo();
+    let dead = closed_port();
+    let mut proxy = start_proxy_with(&[&[up.addr, dead]], 1, &health_conn(""));
+    let admin = proxy.start_admin();
+    let name = "sssonector_health_check_failures_total";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while scrape(admin, name) < 5.0 {
+        assert!(std::time::Instant::now() < deadline, "no failed probes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Probes of the remaining endpoint stop too, so `after` is comparable.
+    let new = test_config(&[&[up.addr]], 1, &health_conn("    enabled: false\n"));
+    let before = scrape(admin, name);
+    let handle = proxy.handle.as_ref().expect("running");
+    let outcome = handle.reloader().reload(new).expect("reload");
+    assert_eq!(outcome.retired, vec![dead], "{outcome:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = scrape(admin, name);
+    let per_endpoint = http_get(admin, "/metrics").expect("scrape").1;
+    proxy.stop();
+    assert!(
+        after >= before,
+        "{name} went backwards: {before} -> {after}"
+    );
+    assert!(
+        !per_endpoint.contains(&format!("endpoint=\"{dead}\"")),
+        "the retired endpoint's own series are gone"
+    );
+}
+
+/// Two spellings of one address are one endpoint: validation rejects them (see
+/// tests/config_errors.rs), and a config that skips validation still gets one id per
+/// address, so a reload of the unchanged config retires nothing. Before, both got an id
+/// at start, the reload found the first id for both and retired the second.
+#[test]
+fn a_reload_of_an_unchanged_config_with_one_address_twice_retires_nothing() {
+    let up = Upstream::echo();
+    let mut config = test_config(&[&[up.addr]], 1, "");
+    let l = &mut config.listeners[0];
+    l.upstreams.push(format!("127.1:{}", up.addr.port()));
+    l.resolved.push(up.addr);
+    let handle = sssonector::start(config.clone()).expect("start");
+    let endpoints = handle.stats().endpoints.len();
+    let outcome = handle.reloader().reload(config).expect("reload");
+    handle.shutdown().expect("stop");
+    assert_eq!(endpoints, 1, "one endpoint per address");
+    assert!(outcome.retired.is_empty(), "retired {:?}", outcome.retired);
+    assert!(outcome.added.is_empty(), "added {:?}", outcome.added);
+}

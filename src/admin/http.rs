@@ -1,7 +1,8 @@
 //! A deliberately small HTTP/1.1 server side: one request per connection (`Connection:
 //! close`), GET and HEAD only, a bounded request head read under a deadline. Enough for
 //! Prometheus, kubelet probes and a browser, with nothing a malformed or slow client can
-//! use to hold a thread or memory for long.
+//! use to hold a thread or memory for long. Heads are read by the admin server's event
+//! loop ([`super::front`]), never by a thread of their own.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -14,7 +15,7 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How long writing a response may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a response's connection lingers, swallowing what the client still sends.
-const LINGER: Duration = Duration::from_millis(200);
+pub const LINGER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -62,41 +63,16 @@ impl RequestError {
     }
 }
 
-/// Reads one request head from `stream` within [`REQUEST_DEADLINE`].
-pub fn read_request(stream: &mut TcpStream, peer: SocketAddr) -> Result<Request, RequestError> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head_end(&head) {
-            head.truncate(end);
-            return parse(&head, peer);
-        }
-        if head.len() > MAX_HEAD {
-            return Err(RequestError::TooLarge { peer });
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(RequestError::Timeout { peer });
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|source| RequestError::Io { peer, source })?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(RequestError::Closed { peer }),
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(RequestError::Timeout { peer })
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => return Err(RequestError::Io { peer, source }),
-        }
+/// The request in `buf` once its head is complete (or an error once it cannot become
+/// one); `None` while more bytes are needed.
+pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Option<Result<Request, RequestError>> {
+    if let Some(end) = head_end(buf) {
+        return Some(parse(&buf[..end], peer));
     }
+    if buf.len() > MAX_HEAD {
+        return Some(Err(RequestError::TooLarge { peer }));
+    }
+    None
 }
 
 /// Where the head ends (before the blank line), if it is complete.
@@ -181,10 +157,9 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes `r` and closes the connection; a HEAD request gets the head only.
-pub fn respond(stream: &mut TcpStream, r: &Response, head_only: bool) -> io::Result<()> {
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut head = format!(
+/// The whole response as sent: head, and the body unless `head_only` (HEAD request).
+pub fn response_bytes(r: &Response, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
         r.status,
         reason(r.status),
@@ -192,13 +167,25 @@ pub fn respond(stream: &mut TcpStream, r: &Response, head_only: bool) -> io::Res
         r.body.len()
     );
     if r.status == 405 {
-        head.push_str("Allow: GET, HEAD\r\n");
+        out.push_str("Allow: GET, HEAD\r\n");
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
+    if r.status == 503 && r.body.starts_with(BUSY) {
+        out.push_str("Retry-After: 1\r\n");
+    }
+    out.push_str("\r\n");
     if !head_only {
-        stream.write_all(r.body.as_bytes())?;
+        out.push_str(&r.body);
     }
+    out.into_bytes()
+}
+
+/// The body of the answer when every request thread is taken.
+pub const BUSY: &str = "admin server busy";
+
+/// Writes `r` and closes the connection (a request thread; blocking, bounded in time).
+pub fn respond(stream: &mut TcpStream, r: &Response, head_only: bool) -> io::Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.write_all(&response_bytes(r, head_only))?;
     stream.flush()?;
     // Half-close, then swallow what the client may still send for a moment: closing with
     // unread data would reset the connection and could destroy the response in flight.

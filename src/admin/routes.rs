@@ -9,11 +9,17 @@ use crate::telemetry;
 /// A worker publishes every 100 ms; one that has not for this long has a stuck loop.
 pub const HEARTBEAT_STALE_MS: u64 = 3000;
 
+/// The probes: cheap enough for the admin server's event loop to answer itself (no pool
+/// lock, no request thread).
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 pub fn route(state: &AdminState, req: &Request) -> Response {
     match req.path.as_str() {
         "/metrics" => metrics(state),
-        "/healthz" => healthz(&state.view.stats()),
-        "/readyz" => readyz(&state.view.stats()),
+        "/healthz" => healthz(&state.view.heartbeat_ages()),
+        "/readyz" => readyz(&state.view.readiness()),
         "/" => Response {
             status: 200,
             content_type: "text/html; charset=utf-8",
@@ -39,9 +45,8 @@ fn metrics(state: &AdminState) -> Response {
 
 /// 200 while every worker's loop turns. A worker that finished its drain is not stuck:
 /// failing liveness then would get the process killed with sessions still draining.
-pub fn healthz(s: &StatsSnapshot) -> Response {
-    let stuck: Vec<String> = s
-        .heartbeat_age_ms
+pub fn healthz(heartbeat_age_ms: &[Option<u64>]) -> Response {
+    let stuck: Vec<String> = heartbeat_age_ms
         .iter()
         .enumerate()
         .filter_map(|(i, age)| age.map(|a| (i, a)))
@@ -49,7 +54,7 @@ pub fn healthz(s: &StatsSnapshot) -> Response {
         .map(|(i, age)| format!("worker {i}: its loop has not turned for {age} ms\n"))
         .collect();
     if stuck.is_empty() {
-        let turning = s.heartbeat_age_ms.iter().flatten().count();
+        let turning = heartbeat_age_ms.iter().flatten().count();
         Response::text(200, format!("ok: {turning} workers turning\n"))
     } else {
         Response::text(503, stuck.concat())
@@ -131,12 +136,16 @@ mod tests {
     #[test]
     fn healthz_fails_on_a_stuck_worker() {
         let mut s = snapshot();
-        assert_eq!(healthz(&s).status, 200);
+        assert_eq!(healthz(&s.heartbeat_age_ms).status, 200);
         s.heartbeat_age_ms.push(Some(HEARTBEAT_STALE_MS + 1));
-        let r = healthz(&s);
+        let r = healthz(&s.heartbeat_age_ms);
         assert_eq!(r.status, 503);
         assert!(r.body.contains("worker 1"), "{}", r.body);
         s.heartbeat_age_ms[1] = None;
-        assert_eq!(healthz(&s).status, 200, "a finished worker is not stuck");
+        assert_eq!(
+            healthz(&s.heartbeat_age_ms).status,
+            200,
+            "a finished worker is not stuck"
+        );
     }
 }

@@ -386,21 +386,32 @@ impl<'a> Validator<'a> {
     }
 
     /// Resolves every upstream of listener `i` to its first address.
+    /// Resolves each upstream of listener `i`; two spellings of one address (say
+    /// `localhost:9001` and `127.0.0.1:9001`) are a duplicate, like the same text twice.
     fn resolve(&self, i: usize, upstreams: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
-        upstreams
-            .iter()
-            .enumerate()
-            .map(|(j, u)| {
-                let key = self.upstream_key(i, j);
-                let u = u.trim();
-                let mut addrs = u
-                    .to_socket_addrs()
-                    .map_err(|e| self.err(&key, format!("cannot resolve `{u}`: {e}")))?;
-                addrs
-                    .next()
-                    .ok_or_else(|| self.err(&key, format!("`{u}` resolves to no address")))
-            })
-            .collect()
+        let mut resolved: Vec<SocketAddr> = Vec::with_capacity(upstreams.len());
+        for (j, u) in upstreams.iter().enumerate() {
+            let key = self.upstream_key(i, j);
+            let u = u.trim();
+            let mut addrs = u
+                .to_socket_addrs()
+                .map_err(|e| self.err(&key, format!("cannot resolve `{u}`: {e}")))?;
+            let addr = addrs
+                .next()
+                .ok_or_else(|| self.err(&key, format!("`{u}` resolves to no address")))?;
+            if let Some(k) = resolved.iter().position(|a| *a == addr) {
+                let first = upstreams[k].trim();
+                return Err(self.err(
+                    &key,
+                    format!(
+                        "duplicate upstream: `{u}` and `{first}` (upstreams[{k}]) both resolve \
+                         to {addr}; list each endpoint once"
+                    ),
+                ));
+            }
+            resolved.push(addr);
+        }
+        Ok(resolved)
     }
 }
 

@@ -106,7 +106,9 @@ impl EndpointTable {
         };
         for (l, addrs) in listeners.iter().enumerate() {
             for addr in addrs {
-                let _ = t.add(l, *addr);
+                if t.find(l, *addr).is_none() {
+                    let _ = t.add(l, *addr);
+                }
             }
         }
         t

@@ -223,10 +223,13 @@ impl Worker {
                 // but the ring and every other session are fine. Counted and logged;
                 // the proxy goes on.
                 self.counters.completions_dropped += 1;
-                tracing::error!(
-                    dropped = self.counters.completions_dropped,
-                    "io_uring dropped a completion (CQ overflow); continuing"
-                );
+                if let Some(held_back) = self.log_limits.dropped_completion.hit() {
+                    tracing::error!(
+                        dropped = self.counters.completions_dropped,
+                        held_back,
+                        "io_uring dropped a completion (CQ overflow); continuing"
+                    );
+                }
             }
             self.now = Instant::now();
             self.now_ms = deadline::millis(self.now.duration_since(self.started));

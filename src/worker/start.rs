@@ -116,6 +116,11 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     for l in &config.listeners {
         let mut ids = Vec::new();
         for addr in &l.resolved {
+            // Validation rejects two spellings of one address; a config built without it
+            // still gets one endpoint per address (a reload finds one id per address).
+            if ids.iter().any(|&id| endpoint_addrs[id] == *addr) {
+                continue;
+            }
             ids.push(endpoint_addrs.len());
             endpoint_addrs.push(*addr);
         }

@@ -361,6 +361,18 @@ impl WarmPool {
         }
     }
 
+    /// [`WarmPool::stats`] and [`WarmPool::idle_per_endpoint`] under one lock (the admin view).
+    pub fn stats_and_idle(&self) -> (PoolStats, Vec<usize>) {
+        let st = self.lock();
+        let idle: Vec<usize> = st.endpoints.iter().map(|p| p.idle.len()).collect();
+        let stats = PoolStats {
+            idle: idle.iter().sum::<usize>() as u64,
+            dialing: st.endpoints.iter().map(|p| p.dialing as u64).sum(),
+            discarded: std::array::from_fn(|i| self.discarded[i].load(Relaxed)),
+        };
+        (stats, idle)
+    }
+
     /// Idle connections of one endpoint (0 for an id the pool does not know yet).
     pub fn idle(&self, endpoint: usize) -> usize {
         self.lock()
