@@ -94,6 +94,9 @@ pub enum SendOp {
     ZeroCopy,
 }
 
+/// Backlog entries whose room is kept once the backlog has drained.
+const BACKLOG_KEPT: usize = 64;
+
 /// One worker's ring. Field order matters: the ring is dropped first, so the kernel lets
 /// go of every op before the memory those ops point at is unmapped or freed.
 pub struct Ring {
@@ -435,6 +438,12 @@ impl Ring {
         loop {
             self.flush_backlog();
             if self.backlog.is_empty() {
+                // A burst (thousands of clients in one batch) can leave a large backlog
+                // behind: give it back, or it stays resident as if each idle session
+                // cost it.
+                if self.backlog.capacity() > BACKLOG_KEPT {
+                    self.backlog.shrink_to(BACKLOG_KEPT);
+                }
                 break;
             }
             // The queue is full and more waits: submit without waiting, then refill.
