@@ -68,9 +68,8 @@ pub fn read_request(stream: &mut TcpStream, peer: SocketAddr) -> Result<Request,
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        if let Some(end) = head_end(&head) {
-            head.truncate(end);
-            return parse(&head, peer);
+        if let Some(request) = parse_head(&head, peer) {
+            return request;
         }
         if head.len() > MAX_HEAD {
             return Err(RequestError::TooLarge { peer });
@@ -97,6 +96,13 @@ pub fn read_request(stream: &mut TcpStream, peer: SocketAddr) -> Result<Request,
             Err(source) => return Err(RequestError::Io { peer, source }),
         }
     }
+}
+
+/// The request in `buf` (what has arrived so far), as [`read_request`] parses it:
+/// `None` while the head is incomplete (no blank line yet). Public for the fuzzer.
+pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Option<Result<Request, RequestError>> {
+    let end = head_end(buf)?;
+    Some(parse(&buf[..end], peer))
 }
 
 /// Where the head ends (before the blank line), if it is complete.
