@@ -2,7 +2,10 @@
 //! on 127.0.0.1:0.
 #![allow(dead_code)]
 
+mod leak;
 mod process;
+#[allow(unused_imports)]
+pub use leak::{serial, Baseline};
 #[allow(unused_imports)]
 pub use process::BinaryProxy;
 
@@ -466,4 +469,66 @@ fn is_executable(path: &std::path::Path) -> bool {
     path.metadata()
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
+}
+
+/// Reads until EOF or an error; returns the bytes read and how the stream ended (`fin`,
+/// or the error's kind).
+pub fn read_all(c: &mut TcpStream) -> (Vec<u8>, String) {
+    if c.read_timeout().ok().flatten().is_none() {
+        let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return (got, "fin".into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (got, format!("{:?}", e.kind())),
+        }
+    }
+}
+
+/// One echo round trip of `n` pattern bytes through `addr`, byte-exact: sends them all,
+/// half-closes, reads everything back. Returns how long it took.
+pub fn echo_round_trip(addr: SocketAddr, n: usize, seed: u64) -> io::Result<Duration> {
+    let started = Instant::now();
+    let mut c = connect_timed(addr)?;
+    let mut body = vec![0u8; n];
+    Pattern::new(seed).fill(&mut body);
+    let mut writer = c.try_clone()?;
+    let send = std::thread::spawn(move || -> io::Result<()> {
+        writer.write_all(&body)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let (got, end) = read_all(&mut c);
+    send.join()
+        .map_err(|_| io::Error::other("writer panicked"))??;
+    let mut expect = vec![0u8; n];
+    Pattern::new(seed).fill(&mut expect);
+    if end != "fin" || got != expect {
+        return Err(io::Error::other(format!(
+            "echo of {n} bytes: got {} bytes, ended by {end}, exact: {}",
+            got.len(),
+            got == expect
+        )));
+    }
+    Ok(started.elapsed())
+}
+
+/// Waits (up to 10 s) until everything written on `conn` has been acknowledged by the
+/// peer (`SIOCOUTQ` is 0), so an RST that follows cannot discard unsent data: a test's
+/// "RST after a response" means the response left the server first.
+pub fn wait_sent(conn: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int into `queued`, which we own.
+        let rc = unsafe { libc::ioctl(conn.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued == 0 || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
