@@ -36,10 +36,10 @@ impl Worker {
         let d = &s.dirs[dir];
         let holding = !d.queue.is_empty();
         if s.state != State::Active
-            || d.recv_armed
-            || d.eof
-            || d.parked
-            || d.dead
+            || d.recv_armed()
+            || d.eof()
+            || d.parked()
+            || d.dead()
             || d.queue.len() >= cap
             || (holding && !above_reserve)
         {
@@ -47,9 +47,9 @@ impl Worker {
         }
         let (src, _) = s.fds(dir);
         let d = &mut s.dirs[dir];
-        d.recv_armed = true;
-        d.probing = probe;
-        d.armed_holding = holding;
+        d.set_recv_armed(true);
+        d.set_probing(probe);
+        d.set_armed_holding(holding);
         self.holder_armed += usize::from(holding);
         s.ops += 1;
         self.ring
@@ -69,9 +69,12 @@ impl Worker {
             self.drop_received(slot);
             return;
         };
-        let probing = std::mem::take(&mut s.dirs[dir].probing);
-        s.dirs[dir].recv_armed = false;
-        if std::mem::take(&mut s.dirs[dir].armed_holding) {
+        let probing = s.dirs[dir].probing();
+        s.dirs[dir].set_probing(false);
+        s.dirs[dir].set_recv_armed(false);
+        let armed_holding = s.dirs[dir].armed_holding();
+        s.dirs[dir].set_armed_holding(false);
+        if armed_holding {
             self.holder_armed -= 1;
         }
         if s.state != State::Active {
@@ -86,13 +89,13 @@ impl Worker {
                 if d.queue.is_empty() {
                     // Data waits for the destination from now on (the send timeout).
                     d.waiting_since = now_ms as u32;
-                    if self.settings.send_timeout.is_some() && !d.listed {
-                        d.listed = true;
+                    if self.settings.send_timeout.is_some() && !d.listed() {
+                        d.set_listed(true);
                         self.holding.push((key, gen, dir));
                     }
                 }
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
-                let gather = n as usize == size && !d.sending && d.queue.len() < cap;
+                let gather = n as usize == size && !d.sending() && d.queue.len() < cap;
                 let ep = self.endpoint_counters.get_mut(s.endpoint as usize);
                 if dir == CLIENT_TO_UPSTREAM {
                     self.counters.bytes_client_to_upstream += n as u64;
@@ -118,18 +121,18 @@ impl Worker {
                 self.arm_recv(key, gen, dir);
             }
             (0, _) => {
-                s.dirs[dir].eof = true;
+                s.dirs[dir].set_eof(true);
                 self.drop_received(slot);
                 self.start_send(key, gen, dir);
                 self.pass_fin(key, gen, dir);
             }
             (e, _) if e == -libc::ENOBUFS => {
-                s.dirs[dir].parked = true;
+                s.dirs[dir].set_parked(true);
                 let empty_handed = s.dirs[dir].queue.is_empty();
-                if empty_handed && !s.dirs[dir].hup_armed {
+                if empty_handed && !s.dirs[dir].hup_armed() {
                     // Parked with nothing held, it cannot receive the peer's reset:
                     // a poll that needs no buffer watches for it meanwhile.
-                    s.dirs[dir].hup_armed = true;
+                    s.dirs[dir].set_hup_armed(true);
                     s.ops += 1;
                     let (src, _) = s.fds(dir);
                     self.ring
@@ -164,7 +167,7 @@ impl Worker {
             return;
         };
         let d = &s.dirs[dir];
-        if d.sending || d.dead || s.state != State::Active {
+        if d.sending() || d.dead() || s.state != State::Active {
             return;
         }
         let queue = d.queue;
@@ -173,7 +176,7 @@ impl Worker {
         };
         let (_, dst) = s.fds(dir);
         let remote = s.remote[dir];
-        s.dirs[dir].sending = true;
+        s.dirs[dir].set_sending(true);
         s.ops += 1;
         let op = self.send_op(remote, front.len);
         let token = Token::new(key, gen, OpKind::Send).dir(dir);
@@ -226,11 +229,11 @@ impl Worker {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
         };
-        s.dirs[dir].sending = false;
+        s.dirs[dir].set_sending(false);
         if s.state != State::Active {
             return;
         }
-        if s.dirs[dir].dead {
+        if s.dirs[dir].dead() {
             // The destination failed while this send was in flight: now that the kernel
             // is done with the slots, drop them.
             if self.ring.buffers.clear(&mut s.dirs[dir].queue) > 0 {
@@ -268,14 +271,14 @@ impl Worker {
             return;
         };
         let d = &s.dirs[dir];
-        if !d.eof || d.shut || d.sending || !d.queue.is_empty() {
+        if !d.eof() || d.shut() || d.sending() || !d.queue.is_empty() {
             return;
         }
         let (_, dst) = s.fds(dir);
         // ENOTCONN: the destination is already gone; its own direction reports that.
         let _ = sys::shutdown_write(dst);
-        s.dirs[dir].shut = true;
-        if s.dirs.iter().all(|d| d.shut) {
+        s.dirs[dir].set_shut(true);
+        if s.dirs.iter().all(|d| d.shut()) {
             self.begin_close(key, gen, false);
         }
     }
@@ -295,25 +298,25 @@ impl Worker {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
         };
-        if s.state != State::Active || s.dirs[to_dead].dead {
+        if s.state != State::Active || s.dirs[to_dead].dead() {
             return;
         }
         let (_, survivor) = s.fds(from_dead);
         let d = &s.dirs[from_dead];
-        let owed = !d.queue.is_empty() || d.sending || sys::unsent_bytes(survivor) > 0;
-        if !owed || d.shut {
+        let owed = !d.queue.is_empty() || d.sending() || sys::unsent_bytes(survivor) > 0;
+        if !owed || d.shut() {
             return self.begin_close(key, gen, true);
         }
         s.flushing = true;
         let dead = &mut s.dirs[to_dead];
-        dead.dead = true;
-        dead.shut = true;
-        if !dead.sending && self.ring.buffers.clear(&mut dead.queue) > 0 {
+        dead.set_dead(true);
+        dead.set_shut(true);
+        if !dead.sending() && self.ring.buffers.clear(&mut dead.queue) > 0 {
             self.serve_waiters();
         }
         if let Some(s) = self.table.get_mut(key, gen) {
             // Nothing more comes from the failed peer: deliver the rest, then the FIN.
-            s.dirs[from_dead].eof = true;
+            s.dirs[from_dead].set_eof(true);
         }
         self.start_send(key, gen, from_dead);
         self.pass_fin(key, gen, from_dead);
@@ -326,8 +329,8 @@ impl Worker {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
         };
-        s.dirs[dir].hup_armed = false;
-        if res < 0 || s.state != State::Active || !s.dirs[dir].parked {
+        s.dirs[dir].set_hup_armed(false);
+        if res < 0 || s.state != State::Active || !s.dirs[dir].parked() {
             return;
         }
         let (src, _) = s.fds(dir);
@@ -343,8 +346,8 @@ impl Worker {
         } else if ev & (libc::POLLRDHUP | libc::POLLHUP) != 0 && sys::unread_bytes(src) == 0 {
             // POLLHUP alone is both sides shut down (our FIN passed, theirs came): an EOF.
             let d = &mut s.dirs[dir];
-            d.parked = false;
-            d.eof = true;
+            d.set_parked(false);
+            d.set_eof(true);
             self.start_send(key, gen, dir);
             self.pass_fin(key, gen, dir);
         }
@@ -379,10 +382,10 @@ impl Worker {
             let Some(s) = self.table.get_mut(key, gen) else {
                 continue;
             };
-            if !s.dirs[dir].parked || s.state != State::Active {
+            if !s.dirs[dir].parked() || s.state != State::Active {
                 continue;
             }
-            s.dirs[dir].parked = false;
+            s.dirs[dir].set_parked(false);
             // A direction that holds slots may be refused (the reserve); its own send
             // completion arms it again.
             if self.arm_recv(key, gen, dir) {

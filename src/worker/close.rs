@@ -49,11 +49,11 @@ impl Worker {
         let Some(s) = self.table.get_mut(key, gen) else {
             return;
         };
-        if !s.dirs.iter().any(|d| d.parked) {
+        if !s.dirs.iter().any(|d| d.parked()) {
             return;
         }
         for d in &mut s.dirs {
-            d.parked = false;
+            d.set_parked(false);
         }
         self.waiters.retain(|&(k, g, _)| (k, g) != (key, gen));
         self.waiters_empty.retain(|&(k, g, _)| (k, g) != (key, gen));
@@ -201,7 +201,7 @@ impl Worker {
             // Turned off by a reload: forget the list (flags are cleared as we go).
             for (key, gen, dir) in std::mem::take(&mut self.holding) {
                 if let Some(s) = self.table.get_mut(key, gen) {
-                    s.dirs[dir].listed = false;
+                    s.dirs[dir].set_listed(false);
                 }
             }
             return;
@@ -218,7 +218,7 @@ impl Worker {
             let active = s.state == State::Active;
             let d = &mut s.dirs[dir];
             if !active || d.queue.is_empty() {
-                d.listed = false;
+                d.set_listed(false);
                 self.holding.swap_remove(i);
                 continue;
             }
@@ -226,7 +226,7 @@ impl Worker {
                 i += 1;
                 continue;
             }
-            d.listed = false;
+            d.set_listed(false);
             self.holding.swap_remove(i);
             self.counters.send_timeouts += 1;
             let side = if dir == CLIENT_TO_UPSTREAM {
