@@ -239,5 +239,10 @@ impl Worker {
             );
             self.begin_close(key, gen, true);
         }
+        // A burst (thousands of sessions receiving at once) leaves a large list behind:
+        // give its room back, or it stays resident as if each idle session cost it.
+        if self.holding.capacity() > 4 * self.holding.len().max(64) {
+            self.holding.shrink_to(self.holding.len().max(64));
+        }
     }
 }
