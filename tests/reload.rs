@@ -21,36 +21,6 @@ fn config(upstream: SocketAddr, listen: &str) -> String {
     )
 }
 
-/// `chunks` chunks of 16 KiB every 50 ms through `addr`, echoed and checked byte-exact.
-fn paced_transfer(addr: SocketAddr, seed: u64, chunks: usize) -> std::thread::JoinHandle<()> {
-    let conn = TcpStream::connect(addr).expect("connect");
-    std::thread::spawn(move || {
-        conn.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut data = vec![0u8; chunks * 16 * 1024];
-        Pattern::new(seed).fill(&mut data);
-        let mut w = conn.try_clone().expect("clone");
-        let sent = data.clone();
-        let writer = std::thread::spawn(move || {
-            for chunk in sent.chunks(16 * 1024) {
-                w.write_all(chunk).expect("write");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        });
-        let mut conn = conn;
-        let mut got = Vec::new();
-        conn.read_to_end(&mut got).expect("read the echo");
-        writer.join().expect("writer");
-        assert!(
-            got == data,
-            "transfer {seed}: {} of {} bytes, or different",
-            got.len(),
-            data.len()
-        );
-    })
-}
-
 fn echo_once(addr: SocketAddr) -> TcpStream {
     let mut c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
