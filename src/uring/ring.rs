@@ -213,36 +213,38 @@ impl Ring {
     /// and reaps completions meanwhile, so a kernel that refuses submissions (EBUSY
     /// while completions are pending) cannot make this spin.
     fn enqueue(&mut self, group: Backlogged) {
+        // The common case, straight into the queue; the backlog keeps the order only
+        // once something waits in it.
+        if self.backlog.is_empty() && self.try_push(&group) {
+            return;
+        }
         self.backlog.push_back(group);
         self.flush_backlog();
     }
 
+    /// Pushes a whole group into the submission queue if it has room for all of it.
+    fn try_push(&mut self, group: &Backlogged) -> bool {
+        let mut sq = self.ring.submission();
+        if sq.capacity() - sq.len() < group.len() {
+            return false;
+        }
+        // SAFETY: every entry built by this type points only at memory owned by
+        // `self` (registry slots, boxed timespecs and addresses, the wake counter, boxed
+        // messages), all of which outlive the ring because of the field order above.
+        // Room for the whole group was checked, so a pair stays adjacent.
+        let pushed = unsafe {
+            match group {
+                Backlogged::One(e) => sq.push(e),
+                Backlogged::Linked(a, b) => sq.push_multiple(&[a.clone(), b.clone()]),
+            }
+        };
+        pushed.is_ok()
+    }
+
     /// Moves backlogged groups into the submission queue while whole groups fit.
     fn flush_backlog(&mut self) {
-        while let Some(group) = self.backlog.front() {
-            let room = {
-                let sq = self.ring.submission();
-                sq.capacity() - sq.len()
-            };
-            if room < group.len() {
-                return;
-            }
-            let Some(group) = self.backlog.pop_front() else {
-                return;
-            };
-            let mut sq = self.ring.submission();
-            // SAFETY: every entry built by this type points only at memory owned by
-            // `self` (registry slots, boxed timespecs and addresses, the wake counter,
-            // boxed messages), all of which outlive the ring because of the field order
-            // above. Room for the whole group was checked, so a pair stays adjacent.
-            let pushed = unsafe {
-                match &group {
-                    Backlogged::One(e) => sq.push(e),
-                    Backlogged::Linked(a, b) => sq.push_multiple(&[a.clone(), b.clone()]),
-                }
-            };
-            drop(sq);
-            if pushed.is_err() {
+        while let Some(group) = self.backlog.pop_front() {
+            if !self.try_push(&group) {
                 self.backlog.push_front(group);
                 return;
             }
