@@ -41,7 +41,10 @@ counters! {
     sessions_total,
     /// Gauge: sessions with a client, in any state.
     sessions_active,
+    /// Bytes received from clients, all endpoints (summed from the per-endpoint counts
+    /// at publish).
     bytes_client_to_upstream,
+    /// Bytes received from upstreams, all endpoints (summed likewise).
     bytes_upstream_to_client,
     /// Gauge: slots in this worker's registry.
     buffer_slots_total,

@@ -96,15 +96,11 @@ impl Worker {
                 }
                 self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending() && d.queue.len() < cap;
-                let ep = self.endpoint_counters.get_mut(s.endpoint as usize);
-                if dir == CLIENT_TO_UPSTREAM {
-                    self.counters.bytes_client_to_upstream += n as u64;
-                    if let Some(c) = ep {
+                // Counted once, per endpoint; the totals are their sums, made at publish.
+                if let Some(c) = self.endpoint_counters.get_mut(s.endpoint as usize) {
+                    if dir == CLIENT_TO_UPSTREAM {
                         c.bytes_to += n as u64;
-                    }
-                } else {
-                    self.counters.bytes_upstream_to_client += n as u64;
-                    if let Some(c) = ep {
+                    } else {
                         c.bytes_from += n as u64;
                     }
                 }

@@ -428,9 +428,15 @@ impl Worker {
         self.counters.buffer_waiters = (self.waiters.len() + self.waiters_empty.len()) as u64;
         // Every pool dial is a table entry until it joins the pool.
         self.counters.sessions_active = self.client_sessions() as u64;
+        let (mut to, mut from) = (0, 0);
         for (ep, c) in self.endpoint_counters.iter().enumerate() {
             self.published.publish_endpoint(ep, c);
+            to += c.bytes_to;
+            from += c.bytes_from;
         }
+        // The endpoint table only grows, so these sums never go down.
+        self.counters.bytes_client_to_upstream = to;
+        self.counters.bytes_upstream_to_client = from;
         self.published.publish_histograms(&self.histograms);
         self.published.publish(&self.counters);
     }
