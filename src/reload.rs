@@ -79,14 +79,6 @@ impl Reloader {
         }
     }
 
-    /// The drain settings in force (a reload may change them); never waits for a reload.
-    pub fn shutdown_config(&self) -> ShutdownConfig {
-        self.shutdown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// The drain settings in force, shared: a reload stores its new ones there.
     pub fn shutdown_settings(&self) -> Arc<Mutex<ShutdownConfig>> {
         self.shutdown.clone()

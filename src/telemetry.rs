@@ -85,12 +85,6 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-/// Every endpoint's failed probes, retired ones included: summing `s.endpoints` would
-/// make the total drop when a reload removes an endpoint.
-fn probes_failed(s: &StatsSnapshot) -> u64 {
-    s.health_check_failures
-}
-
 /// The spec's ten first, spelled as the spec spells them; then what an operator needs to
 /// tell the proxy from the backend.
 #[rustfmt::skip]
@@ -104,7 +98,7 @@ const SCALARS: &[Scalar] = &[
     Scalar { name: "sssonector_buffer_allocation_rate", kind: Kind::Gauge, unit: Some(Unit::CountPerSecond), help: "Buffer slot checkouts per second (one per receive), averaged over the last metrics_interval.", value: |_, w| w.allocations_per_sec },
     Scalar { name: "sssonector_connection_errors_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Connection errors: failed upstream dial attempts plus errors (reset, broken pipe) on either side of a session.", value: |s, _| (s.total.upstream_connect_errors + s.total.client_errors + s.total.upstream_errors) as f64 },
     Scalar { name: "sssonector_connection_timeouts_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Timeouts: upstream dials past pool.connect_timeout, sessions idle past session.idle_timeout, sessions whose peer took nothing for session.send_timeout, clients queued past pool.queue_timeout.", value: |s, _| (s.total.upstream_connect_timeouts + s.total.session_timeouts + s.total.send_timeouts + s.total.queue_timeouts) as f64 },
-    Scalar { name: "sssonector_health_check_failures_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Health probes that failed, all endpoints.", value: |s, _| probes_failed(s) as f64 },
+    Scalar { name: "sssonector_health_check_failures_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Health probes that failed, all endpoints.", value: |s, _| s.health_check_failures as f64 },
     Scalar { name: "sssonector_sessions_accepted_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Client connections accepted.", value: |s, _| s.total.sessions_total as f64 },
     Scalar { name: "sssonector_sessions_closed_total", kind: Kind::Counter, unit: Some(Unit::Count), help: "Client sessions ended, whatever the reason (see sssonector_session_close_reasons_total).", value: |s, _| s.total.sessions_closed as f64 },
     Scalar { name: "sssonector_admission_admitted", kind: Kind::Gauge, unit: Some(Unit::Count), help: "Sessions holding one of the pool.max_active slots.", value: |s, _| s.admitted as f64 },
@@ -354,7 +348,7 @@ impl Mark {
         Mark {
             at,
             connect_errors: s.total.upstream_connect_errors,
-            probes_failed: probes_failed(s),
+            probes_failed: s.health_check_failures,
             allocations: s.total.buffer_allocations,
         }
     }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -173,8 +173,6 @@ pub struct WarmPool {
     pub(super) epoll: OwnedFd,
     pub(super) wake: OwnedFd,
     discarded: [AtomicU64; 6],
-    /// Idle connections now, readable without the lock.
-    idle_total: AtomicUsize,
 }
 
 impl WarmPool {
@@ -208,7 +206,6 @@ impl WarmPool {
             epoll,
             wake,
             discarded: Default::default(),
-            idle_total: AtomicUsize::new(0),
         })
     }
 
@@ -241,23 +238,12 @@ impl WarmPool {
                 .or_else(|| p.idle.iter().rposition(young))?;
             p.idle.remove(pick)?
         };
-        self.idle_total.fetch_sub(1, Relaxed);
         // It is the caller's now: the keeper finds nothing for an event that raced.
         let _ = sys::epoll_unwatch(self.epoll.as_raw_fd(), entry.fd.as_raw_fd());
         Some(IdleConn {
             fd: entry.fd,
             since: entry.since,
         })
-    }
-
-    /// Records that a session wanted `endpoint` without asking the pool (none was idle).
-    pub fn record_demand(&self, endpoint: usize, now: Instant) {
-        let mut st = self.lock();
-        let window = st.idle_timeout;
-        st.rotate(now, window);
-        if let Some(p) = st.endpoints.get_mut(endpoint) {
-            p.demand_cur += 1;
-        }
     }
 
     /// Reserves the pool dials `endpoint` needs to reach its target, at most `max`; the
@@ -346,7 +332,6 @@ impl WarmPool {
             since: now,
             greeted: false,
         });
-        self.idle_total.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -356,15 +341,10 @@ impl WarmPool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let st = self.lock();
-        PoolStats {
-            idle: st.endpoints.iter().map(|p| p.idle.len() as u64).sum(),
-            dialing: st.endpoints.iter().map(|p| p.dialing as u64).sum(),
-            discarded: std::array::from_fn(|i| self.discarded[i].load(Relaxed)),
-        }
+        self.stats_and_idle().0
     }
 
-    /// [`WarmPool::stats`] and [`WarmPool::idle_per_endpoint`] under one lock (the admin view).
+    /// The pool's counters and each endpoint's idle connections, by id, under one lock.
     pub fn stats_and_idle(&self) -> (PoolStats, Vec<usize>) {
         let st = self.lock();
         let idle: Vec<usize> = st.endpoints.iter().map(|p| p.idle.len()).collect();
@@ -384,21 +364,9 @@ impl WarmPool {
             .map_or(0, |p| p.idle.len())
     }
 
-    /// Idle connections of every endpoint the pool knows, by id, under one lock.
-    pub fn idle_per_endpoint(&self) -> Vec<usize> {
-        self.lock().endpoints.iter().map(|p| p.idle.len()).collect()
-    }
-
+    /// Idle connections, all endpoints.
     pub fn total_idle(&self) -> usize {
-        self.idle_total.load(Relaxed)
-    }
-
-    /// The unclaimed-connection lifetime learned for `endpoint`, if any.
-    pub fn learned_lifetime(&self, endpoint: usize) -> Option<Duration> {
-        self.lock()
-            .endpoints
-            .get(endpoint)
-            .and_then(|p| p.lifetime.learned)
+        self.lock().endpoints.iter().map(|p| p.idle.len()).sum()
     }
 
     /// `pool.idle_timeout` in force.
@@ -421,7 +389,6 @@ impl WarmPool {
                 .flat_map(|p| p.idle.drain(..))
                 .collect()
         };
-        self.idle_total.fetch_sub(drained.len(), Relaxed);
         for e in drained {
             close_unused(e.fd);
         }
@@ -429,10 +396,6 @@ impl WarmPool {
 
     pub(super) fn discarded_counter(&self, reason: Discard) -> &AtomicU64 {
         &self.discarded[reason as usize]
-    }
-
-    pub(super) fn idle_removed(&self, n: usize) {
-        self.idle_total.fetch_sub(n, Relaxed);
     }
 }
 
@@ -509,7 +472,6 @@ impl PoolState {
             Discard::ClosedByServer
         };
         pool.discarded_counter(reason).fetch_add(1, Relaxed);
-        pool.idle_removed(1);
         let age = now.saturating_duration_since(entry.since);
         p.young_close(entry.since, now, retry_interval);
         if let Some(t) = p.lifetime.observe(age, now, idle_timeout) {
@@ -540,7 +502,6 @@ impl PoolState {
                 out.fds.extend(p.idle.drain(..).map(|e| e.fd));
                 pool.discarded_counter(Discard::Flushed)
                     .fetch_add(n as u64, Relaxed);
-                pool.idle_removed(n);
             }
             p.lifetime.forget_if_lapsed(now);
             let retire = p.lifetime.retire_age(idle_timeout);
@@ -558,7 +519,6 @@ impl PoolState {
                     out.fds.push(e.fd);
                 }
                 pool.discarded_counter(reason).fetch_add(1, Relaxed);
-                pool.idle_removed(1);
                 if reason == Discard::Retired {
                     p.young_close(e_since, now, retry_interval);
                     out.replace += 1;

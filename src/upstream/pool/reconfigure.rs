@@ -67,7 +67,6 @@ impl WarmPool {
             }
         }
         self.discarded[Discard::Flushed as usize].fetch_add(fds.len() as u64, Relaxed);
-        self.idle_total.fetch_sub(fds.len(), Relaxed);
         for fd in &fds {
             // Out of the keeper's watch before the caller closes it.
             let _ = sys::epoll_unwatch(self.epoll.as_raw_fd(), fd.as_raw_fd());
