@@ -1,10 +1,10 @@
 //! Configuration tests: the spec's examples and defaults through the library, and
 //! `sssonector check` / parse errors through the binary (exit codes, key paths, lines).
 
-use std::io::Write;
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use sssonector::config::{
@@ -12,6 +12,7 @@ use sssonector::config::{
     SendMode, SessionConfig, Workers, DEMO_CONFIG,
 };
 use sssonector::{Config, ConfigError};
+use support::{check_file, sssonector, temp_config};
 
 const LISTENER: &str = "\
 listeners:
@@ -339,28 +340,6 @@ fn semantic_errors_carry_key_and_line() {
         }
         other => panic!("unexpected: {other:?}"),
     }
-}
-
-fn temp_config(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
-    f.write_all(text.as_bytes()).expect("write temp file");
-    f.flush().expect("flush temp file");
-    f
-}
-
-fn sssonector(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sssonector"))
-        .args(args)
-        .env("SSSONECTOR_LOG", "warn")
-        .output()
-        .expect("run sssonector")
-}
-
-fn check_file(path: &Path) -> Output {
-    sssonector(&["check", "--config", &path.to_string_lossy()])
 }
 
 #[test]

@@ -2,10 +2,11 @@
 //! names the key path, the line, and what was written, in words without Rust types.
 //! Also bad flags, busy listen addresses and buffer pools the workers cannot map.
 
-use std::io::Write;
+mod support;
+
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Output};
+
+use support::{check_file, sssonector, temp_config};
 
 /// The standard listener; it takes lines 1-5, so `connection:` is line 6, a section
 /// line 7 and its first key line 8.
@@ -26,28 +27,6 @@ listeners:
     listen: 127.0.0.1:8444
     upstreams: [127.0.0.1:9001]
 ";
-
-fn temp_config(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
-    f.write_all(text.as_bytes()).expect("write temp file");
-    f.flush().expect("flush temp file");
-    f
-}
-
-fn sssonector(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sssonector"))
-        .args(args)
-        .env("SSSONECTOR_LOG", "warn")
-        .output()
-        .expect("run sssonector")
-}
-
-fn check_file(path: &Path) -> Output {
-    sssonector(&["check", "--config", &path.to_string_lossy()])
-}
 
 /// Words that give away a Rust type or serde's vocabulary.
 const RUST_WORDS: &[&str] = &[

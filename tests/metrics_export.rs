@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -253,11 +253,6 @@ fn promtool_accepts_the_exposition() {
     proxy.stop();
 }
 
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// Kills the Prometheus child when the test ends, passing or not.
 struct Child(std::process::Child);
 
@@ -290,7 +285,7 @@ fn a_prometheus_server_scrapes_the_proxy() {
         ),
     )
     .expect("write prometheus.yml");
-    let web = free_port();
+    let web = closed_port();
     let _prom = Child(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))

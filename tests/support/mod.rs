@@ -2,8 +2,11 @@
 //! on 127.0.0.1:0.
 #![allow(dead_code)]
 
+mod check;
 mod leak;
 mod process;
+#[allow(unused_imports)]
+pub use check::{check_file, sssonector, temp_config};
 #[allow(unused_imports)]
 pub use leak::{serial, Baseline};
 #[allow(unused_imports)]
