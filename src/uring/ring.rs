@@ -108,6 +108,8 @@ pub struct Ring {
     endpoints: Vec<Box<RawSockAddr>>,
     connect_timeout: Box<Timespec>,
     retry_interval: Box<Timespec>,
+    /// What the two timespecs above hold, so a reload that keeps them retires nothing.
+    dial_timeouts: (Duration, Duration),
     /// Timespecs replaced by a reload: a queued op may still point at one, so they live
     /// as long as the ring (a few bytes per reload).
     #[allow(clippy::vec_box)]
@@ -164,6 +166,7 @@ impl Ring {
                 .collect(),
             connect_timeout: timespec(connect_timeout),
             retry_interval: timespec(retry_interval),
+            dial_timeouts: (connect_timeout, retry_interval),
             retired_timespecs: Vec::new(),
             tick: timespec(tick),
             wake_counter: Box::new(0),
@@ -187,6 +190,10 @@ impl Ring {
 
     /// A reload changed the dial timeouts; ops already queued keep the old values.
     pub fn set_dial_timeouts(&mut self, connect_timeout: Duration, retry_interval: Duration) {
+        if self.dial_timeouts == (connect_timeout, retry_interval) {
+            return;
+        }
+        self.dial_timeouts = (connect_timeout, retry_interval);
         let old = std::mem::replace(&mut self.connect_timeout, timespec(connect_timeout));
         self.retired_timespecs.push(old);
         let old = std::mem::replace(&mut self.retry_interval, timespec(retry_interval));

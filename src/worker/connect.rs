@@ -62,6 +62,11 @@ impl Worker {
                     tracing::warn!(upstream = %addr, held_back, "internal: cannot create an upstream socket: {e}");
                 }
                 self.counters.upstream_connect_errors += 1;
+                self.shared
+                    .endpoints
+                    .get(ep)
+                    .connect_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 return self.begin_close(key, gen, false);
             }
         };
