@@ -48,7 +48,8 @@ fn a_grant_wakes_a_client_queued_on_another_worker() {
         );
     }
     drop(holder);
-    // Served first come, first served, whichever worker holds each.
+    // Served first come, first served, whichever worker holds each: with one slot, a
+    // waiter granted out of turn would hold it open while an earlier one's read times out.
     for (i, (mut c, tag)) in waiters.into_iter().enumerate() {
         c.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
