@@ -61,12 +61,7 @@ impl Worker {
                 if let Some(held_back) = self.log_limits.upstream_socket.hit() {
                     tracing::warn!(upstream = %addr, held_back, "internal: cannot create an upstream socket: {e}");
                 }
-                self.counters.upstream_connect_errors += 1;
-                self.shared
-                    .endpoints
-                    .get(ep)
-                    .connect_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                count_connect_error(&mut self.counters, &self.shared.endpoints, ep);
                 return self.begin_close(key, gen, false);
             }
         };
@@ -157,12 +152,7 @@ impl Worker {
         } else {
             tracing::debug!(upstream = %addr, "upstream: connect failed: {}", std::io::Error::from_raw_os_error(-res));
         }
-        self.counters.upstream_connect_errors += 1;
-        self.shared
-            .endpoints
-            .get(ep)
-            .connect_errors
-            .fetch_add(1, Ordering::Relaxed);
+        count_connect_error(&mut self.counters, &self.shared.endpoints, ep);
         if health && self.shared.endpoints.observe(ep, false) == upstream::Transition::WentDown {
             tracing::warn!(upstream = %addr, "upstream: dials keep failing, endpoint marked down");
             self.shared.wake_all();
@@ -260,4 +250,14 @@ impl Worker {
             self.dial(key, gen, ep);
         }
     }
+}
+
+/// A dial attempt to `ep` failed: counted in the worker's total and the endpoint's (a
+/// free function: the session being dialed is borrowed from the table meanwhile).
+fn count_connect_error(counters: &mut WorkerCounters, endpoints: &EndpointTable, ep: usize) {
+    counters.upstream_connect_errors += 1;
+    endpoints
+        .get(ep)
+        .connect_errors
+        .fetch_add(1, Ordering::Relaxed);
 }
