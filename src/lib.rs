@@ -5,7 +5,9 @@
 //! - [`config`]: YAML configuration (the spec's `connection:` section, listeners, workers),
 //!   defaults and validation with key paths and line numbers.
 //! - [`error`]: `thiserror` enums, tagged by side (client, upstream, internal).
-//! - [`uring`]: ring setup, kernel feature probe, `user_data` encoding.
+//! - [`driver`]: the data plane behind one seam: io_uring (ring setup, kernel probe,
+//!   submission backlog) and epoll (completions emulated on readiness), the start-up
+//!   choice between them and the locked-memory plan; the only `unsafe` outside `buffer`.
 //! - [`buffer`]: the per-worker buffer registry: one mmap'd region, registered as fixed
 //!   buffers and published as a provided-buffer ring; slot ownership and the ENOBUFS wait list.
 //! - [`conn`]: the per-worker connection table (slab with generations) and active list.
@@ -28,13 +30,19 @@
 //!
 //! [`start`] binds every listener, spawns the workers and returns a [`ProxyHandle`].
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod admin;
 pub mod admission;
+#[allow(unsafe_code)]
 pub mod buffer;
 pub mod config;
 pub mod conn;
 pub mod deadline;
 pub mod demo;
+#[allow(unsafe_code)]
+pub mod driver;
 pub mod error;
 pub mod health;
 pub mod loadgen;
@@ -45,7 +53,6 @@ pub mod reload;
 pub mod signals;
 pub mod telemetry;
 pub mod upstream;
-pub mod uring;
 pub mod view;
 pub mod worker;
 

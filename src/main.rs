@@ -29,6 +29,10 @@ struct Cli {
     /// (port 0 picks a free port, logged at start).
     #[arg(long, global = true)]
     admin_listen: Option<String>,
+    /// Data plane: `auto` (io_uring, else epoll), `io_uring` or `epoll`; overrides the
+    /// `data_plane` key and the SSSONECTOR_DATA_PLANE environment variable.
+    #[arg(long, global = true)]
+    data_plane: Option<sssonector::config::DataPlaneSetting>,
     /// Log line format on stderr: `text` or `json` (one object per line, for collectors).
     #[arg(long, global = true, default_value = "text")]
     log_format: sssonector::logging::LogFormat,
@@ -63,7 +67,18 @@ fn main() -> ExitCode {
         Some(Command::Check) => match load_config(&cli) {
             Ok(config) => {
                 print!("{}", config.to_effective_yaml());
-                ExitCode::SUCCESS
+                // Which data plane a start would get here (a YAML comment: the output
+                // stays a loadable config).
+                match sssonector::driver::plan_for(&config) {
+                    Ok(plan) => {
+                        println!("# {}", plan.summary());
+                        if let Some(why) = &plan.fallback {
+                            println!("# warning: {why}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => report(Err(e)),
+                }
             }
             Err(e) => report(Err(e)),
         },
@@ -86,13 +101,17 @@ fn load_config(cli: &Cli) -> Result<Config, ProxyError> {
 /// The config from the file and flags, validated, without the trial bind: a reload reads
 /// it again while the running proxy holds its listen addresses.
 fn read_config(cli: &Cli) -> Result<Config, ProxyError> {
-    Ok(Config::from_cli_with_admin(
+    let mut config = Config::from_cli_with_admin(
         cli.config.as_deref(),
         cli.listen.as_deref(),
         &cli.upstream,
         cli.workers.as_deref(),
         cli.admin_listen.as_deref(),
-    )?)
+    )?;
+    if let Some(data_plane) = cli.data_plane {
+        config.data_plane = data_plane;
+    }
+    Ok(config)
 }
 
 fn run(config: Config, cli: Cli) -> Result<(), ProxyError> {

@@ -339,6 +339,8 @@ pub struct StatsSnapshot {
     pub per_worker: Vec<WorkerCounters>,
     /// Whether every worker's buffer region is registered as fixed buffers.
     pub buffers_registered: bool,
+    /// The data plane every worker runs on.
+    pub data_plane: crate::driver::DataPlane,
     /// Sessions holding one of the `max_active` slots.
     pub admitted: u64,
     /// Clients waiting for admission now.

@@ -2,14 +2,13 @@
 //! on after the data before it, cap the slots a direction holds (backpressure), park on
 //! ENOBUFS, and tear down once every submitted op has completed.
 
-use io_uring::cqueue;
-
 use crate::buffer;
 use crate::conn::{State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
-use crate::uring::{sys, OpKind, SendOp, Token};
+use crate::driver::{sys, Completion, Driver, SendOp};
+use crate::worker::op::{OpKind, Token};
 use crate::worker::Worker;
 
-impl Worker {
+impl<D: Driver> Worker<D> {
     /// Arms a receive on `dir`'s source unless it is already armed, finished, parked, at
     /// its cap of held slots, or holds slots while the pool is down to its reserve.
     /// Returns whether it armed one.
@@ -27,7 +26,7 @@ impl Worker {
     /// and its completion arms the receive again.
     fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) -> bool {
         let cap = self.settings.max_in_flight;
-        let b = &self.ring.buffers;
+        let b = self.driver.buffers();
         let free = b.count() - b.in_use();
         let above_reserve = free.saturating_sub(self.holder_armed) > buffer::reserve(b.count());
         let Some(s) = self.table.get_mut(key, gen) else {
@@ -52,8 +51,11 @@ impl Worker {
         d.set_armed_holding(holding);
         self.holder_armed += usize::from(holding);
         s.ops += 1;
-        self.ring
-            .recv(src, probe, Token::new(key, gen, OpKind::Recv).dir(dir));
+        self.driver.recv(
+            src,
+            probe,
+            Token::new(key, gen, OpKind::Recv).dir(dir).encode(),
+        );
         true
     }
 
@@ -61,9 +63,15 @@ impl Worker {
     /// nothing is being sent and the cap allows, probe for it before sending, so a bulk
     /// stream goes out in vectored sends of up to `max_in_flight` slots (fewer, larger
     /// writes cost the kernel less per byte) while each receive still takes one slot.
-    pub(crate) fn on_recv(&mut self, key: usize, gen: u32, dir: usize, res: i32, flags: u32) {
-        let slot = cqueue::buffer_select(flags);
-        let size = self.ring.buffers.slot_size();
+    pub(crate) fn on_recv(
+        &mut self,
+        key: usize,
+        gen: u32,
+        dir: usize,
+        res: i32,
+        slot: Option<u16>,
+    ) {
+        let size = self.driver.buffers().slot_size();
         let cap = self.settings.max_in_flight;
         let Some(s) = self.table.get_mut(key, gen) else {
             self.drop_received(slot);
@@ -84,7 +92,7 @@ impl Worker {
         match (res, slot) {
             (n, Some(slot)) if n > 0 => {
                 let d = &mut s.dirs[dir];
-                self.ring.buffers.take(slot);
+                self.driver.buffers_mut().take(slot);
                 let now_ms = self.now_ms;
                 if d.queue.is_empty() {
                     // Data waits for the destination from now on (the send timeout).
@@ -94,7 +102,9 @@ impl Worker {
                         self.holding.push((key, gen, dir));
                     }
                 }
-                self.ring.buffers.enqueue(&mut d.queue, slot, n as usize);
+                self.driver
+                    .buffers_mut()
+                    .enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending() && d.queue.len() < cap;
                 // Counted once, per endpoint; the totals are their sums, made at publish.
                 if let Some(c) = self.endpoint_counters.get_mut(s.endpoint as usize) {
@@ -131,8 +141,8 @@ impl Worker {
                     s.dirs[dir].set_hup_armed(true);
                     s.ops += 1;
                     let (src, _) = s.fds(dir);
-                    self.ring
-                        .watch_hangup(src, Token::new(key, gen, OpKind::Hup).dir(dir));
+                    self.driver
+                        .watch_hangup(src, Token::new(key, gen, OpKind::Hup).dir(dir).encode());
                 }
                 self.counters.buffer_waits += 1;
                 if empty_handed {
@@ -167,56 +177,44 @@ impl Worker {
             return;
         }
         let queue = d.queue;
-        let Some(front) = self.ring.buffers.pending(&queue).next() else {
+        let Some(front) = self.driver.buffers().pending(&queue).next() else {
             return;
         };
         let (_, dst) = s.fds(dir);
         let remote = s.remote[dir];
         s.dirs[dir].set_sending(true);
         s.ops += 1;
-        let op = self.send_op(remote, front.len);
+        let op = self.send_op(remote, front.len());
         let token = Token::new(key, gen, OpKind::Send).dir(dir);
         if queue.len() > 1 && op == SendOp::Send {
             let token = Token {
                 op: OpKind::SendMsg,
                 ..token
             };
-            self.ring.send_queue(dst, &queue, token);
+            self.driver
+                .send_queue(dst, &queue, &|msg| token.slot(msg).encode());
         } else {
-            self.ring.send(
-                dst,
-                op,
-                front.slot,
-                front.offset,
-                front.len,
-                token.slot(front.slot),
-            );
+            self.driver
+                .send(dst, op, front, token.slot(front.slot()).encode());
         }
     }
 
-    pub(crate) fn on_send(
-        &mut self,
-        key: usize,
-        gen: u32,
-        dir: usize,
-        slot: u16,
-        res: i32,
-        flags: u32,
-    ) {
-        if cqueue::notif(flags) {
+    pub(crate) fn on_send(&mut self, key: usize, gen: u32, dir: usize, slot: u16, c: Completion) {
+        let res = c.res;
+        if c.notif {
             // The kernel is done with a zero-copy send's pages.
             self.release_slot(slot);
             return;
         }
-        if cqueue::more(flags) {
+        if c.more {
             // A zero-copy send: its notification will follow and holds the slot till then.
-            self.ring.buffers.retain(slot);
+            self.driver.buffers_mut().retain(slot);
         }
         self.on_sent(key, gen, dir, res);
     }
 
     pub(crate) fn on_send_msg(&mut self, key: usize, gen: u32, dir: usize, msg: u16, res: i32) {
-        self.ring.release_msg(msg);
+        self.driver.release_msg(msg);
         self.on_sent(key, gen, dir, res);
     }
 
@@ -232,7 +230,7 @@ impl Worker {
         if s.dirs[dir].dead() {
             // The destination failed while this send was in flight: now that the kernel
             // is done with the slots, drop them.
-            if self.ring.buffers.clear(&mut s.dirs[dir].queue) > 0 {
+            if self.driver.buffers_mut().clear(&mut s.dirs[dir].queue) > 0 {
                 self.serve_waiters();
             }
             return;
@@ -248,8 +246,8 @@ impl Worker {
         // The destination took bytes: the send timeout starts again.
         s.dirs[dir].waiting_since = self.now_ms as u32;
         if self
-            .ring
-            .buffers
+            .driver
+            .buffers_mut()
             .consume(&mut s.dirs[dir].queue, res as usize)
             > 0
         {
@@ -307,7 +305,7 @@ impl Worker {
         let dead = &mut s.dirs[to_dead];
         dead.set_dead(true);
         dead.set_shut(true);
-        if !dead.sending() && self.ring.buffers.clear(&mut dead.queue) > 0 {
+        if !dead.sending() && self.driver.buffers_mut().clear(&mut dead.queue) > 0 {
             self.serve_waiters();
         }
         if let Some(s) = self.table.get_mut(key, gen) {
@@ -352,21 +350,21 @@ impl Worker {
     /// Takes and at once hands back a slot a receive filled that no session can use.
     pub(crate) fn drop_received(&mut self, slot: Option<u16>) {
         if let Some(slot) = slot {
-            self.ring.buffers.take(slot);
+            self.driver.buffers_mut().take(slot);
             self.release_slot(slot);
         }
     }
 
     /// Hands a slot back; if it returned to the ring, a parked direction may go on.
     pub(crate) fn release_slot(&mut self, slot: u16) {
-        if self.ring.buffers.release(slot) {
+        if self.driver.buffers_mut().release(slot) {
             self.serve_waiters();
         }
     }
 
     /// Re-arms parked directions, oldest first, one per free slot.
     pub(crate) fn serve_waiters(&mut self) {
-        let mut free = self.ring.buffers.count() - self.ring.buffers.in_use();
+        let mut free = self.driver.buffers().count() - self.driver.buffers().in_use();
         while free > 0 {
             let Some((key, gen, dir)) = self
                 .waiters_empty
@@ -411,7 +409,7 @@ impl Worker {
             // taken at accept is kept.
             let peer = match self.debug_peers.get(&key) {
                 Some(a) => a.to_string(),
-                None => crate::uring::sys::peer_addr(s.client_fd)
+                None => sys::peer_addr(s.client_fd)
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| "unknown (enable debug logging to keep it)".into()),
             };

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Config, ShutdownConfig};
+use crate::driver::Driver;
 use crate::upstream::{self, Reconfigure, MAX_ENDPOINTS};
 use crate::worker::{Settings, Shared, Worker};
 
@@ -254,7 +255,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-impl Worker {
+impl<D: Driver> Worker<D> {
     /// Takes the latest [`LiveConfig`]: grows the per-endpoint tables, then switches the
     /// listeners' endpoint lists, settings and timeouts. Sessions are not touched, and
     /// the shared warm pool was reconfigured by the reload itself.
@@ -269,14 +270,14 @@ impl Worker {
             .clone();
         let table = &self.shared.endpoints;
         let n = table.len();
-        while self.ring.endpoints() < n {
-            let addr = table.get(self.ring.endpoints()).addr;
-            self.ring.add_endpoint(addr);
+        while self.driver.endpoints() < n {
+            let addr = table.get(self.driver.endpoints()).addr;
+            self.driver.add_endpoint(addr);
         }
         if self.endpoint_counters.len() < n {
             self.endpoint_counters.resize(n, Default::default());
         }
-        self.ring
+        self.driver
             .set_dial_timeouts(live.connect_timeout, live.retry_interval);
         self.settings = live.settings.clone();
         for (l, ids) in self.listeners.iter_mut().zip(&live.listener_endpoints) {

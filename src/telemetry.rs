@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::metrics::{
-    EndpointSnapshot, Histogram, StatsSnapshot, WorkerCounters, WorkerHistograms,
-};
+use crate::driver::DataPlane;
+use crate::metrics::{EndpointSnapshot, Histogram, StatsSnapshot, WorkerHistograms};
 use crate::upstream::Discard;
 
 /// The exposition's content type (text format 0.0.4).
@@ -49,7 +48,7 @@ struct Scalar {
 }
 
 /// One label value of a [`Labelled`] family and the counter field it reads.
-type LabelValue = (&'static str, fn(&WorkerCounters) -> u64);
+type LabelValue = (&'static str, fn(&StatsSnapshot) -> u64);
 
 /// A family with one label whose values are fields of the summed worker counters.
 struct Labelled {
@@ -118,14 +117,25 @@ const SCALARS: &[Scalar] = &[
 
 const LABELLED: &[Labelled] = &[
     Labelled {
+        name: "sssonector_data_plane",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 for the data plane the workers run on, chosen at start (io_uring, or epoll where io_uring is refused or configured), 0 for the other.",
+        label: "data_plane",
+        values: &[
+            ("io_uring", |s| u64::from(s.data_plane == DataPlane::IoUring)),
+            ("epoll", |s| u64::from(s.data_plane == DataPlane::Epoll)),
+        ],
+    },
+    Labelled {
         name: "sssonector_relayed_bytes_total",
         kind: Kind::Counter,
         unit: Some(Unit::Bytes),
         help: "Bytes received for relaying, by direction.",
         label: "direction",
         values: &[
-            ("client_to_upstream", |c| c.bytes_client_to_upstream),
-            ("upstream_to_client", |c| c.bytes_upstream_to_client),
+            ("client_to_upstream", |s| s.total.bytes_client_to_upstream),
+            ("upstream_to_client", |s| s.total.bytes_upstream_to_client),
         ],
     },
     Labelled {
@@ -135,11 +145,11 @@ const LABELLED: &[Labelled] = &[
         help: "Clients closed by the proxy rather than by their peers, by reason.",
         label: "reason",
         values: &[
-            ("idle_timeout", |c| c.session_timeouts),
-            ("send_timeout", |c| c.send_timeouts),
-            ("connect_failed", |c| c.connection_failures),
-            ("queue_timeout", |c| c.queue_timeouts),
-            ("queue_full", |c| c.queue_rejected),
+            ("idle_timeout", |s| s.total.session_timeouts),
+            ("send_timeout", |s| s.total.send_timeouts),
+            ("connect_failed", |s| s.total.connection_failures),
+            ("queue_timeout", |s| s.total.queue_timeouts),
+            ("queue_full", |s| s.total.queue_rejected),
         ],
     },
     Labelled {
@@ -150,8 +160,8 @@ const LABELLED: &[Labelled] = &[
             "Errors (reset, broken pipe, ...) on established sessions, by the side they came from.",
         label: "side",
         values: &[
-            ("client", |c| c.client_errors),
-            ("upstream", |c| c.upstream_errors),
+            ("client", |s| s.total.client_errors),
+            ("upstream", |s| s.total.upstream_errors),
         ],
     },
     Labelled {
@@ -161,10 +171,10 @@ const LABELLED: &[Labelled] = &[
         help: "The parts of sssonector_connection_timeouts_total, by kind.",
         label: "kind",
         values: &[
-            ("connect", |c| c.upstream_connect_timeouts),
-            ("session_idle", |c| c.session_timeouts),
-            ("session_send", |c| c.send_timeouts),
-            ("queue", |c| c.queue_timeouts),
+            ("connect", |s| s.total.upstream_connect_timeouts),
+            ("session_idle", |s| s.total.session_timeouts),
+            ("session_send", |s| s.total.send_timeouts),
+            ("queue", |s| s.total.queue_timeouts),
         ],
     },
 ];
@@ -251,7 +261,7 @@ pub fn render(s: &StatsSnapshot, w: &Window) -> String {
         describe(&r, m.name, m.kind, m.unit, m.help);
         for (label, value) in m.values {
             let key = Key::from_parts(m.name, vec![Label::new(m.label, *label)]);
-            set(&r, m.kind, key, value(&s.total) as f64);
+            set(&r, m.kind, key, value(s) as f64);
         }
     }
     describe(

@@ -18,6 +18,15 @@ pub struct ProxyView {
     pub(crate) published: Vec<Arc<PublishedCounters>>,
     /// Name and bound address of each listener, in config order.
     pub(crate) listeners: Vec<(String, SocketAddr)>,
+    /// The data plane every worker runs on, chosen at start.
+    pub(crate) data_plane: crate::driver::DataPlane,
+}
+
+impl ProxyView {
+    /// The data plane every worker runs on.
+    pub fn data_plane(&self) -> crate::driver::DataPlane {
+        self.data_plane
+    }
 }
 
 impl ProxyView {
@@ -35,6 +44,7 @@ impl ProxyView {
         s.draining = shared.draining() || shared.stopping();
         s.endpoints = self.endpoints(Some(&idle));
         s.listeners = self.listeners();
+        s.data_plane = self.data_plane;
         s
     }
 

@@ -34,7 +34,9 @@ fn a_reset_peer_under_fixed_sends_does_not_kill_the_process() {
     let s = proxy.wait_for("every session closed", |s| {
         s.total.sessions_total == 5 && s.total.sessions_active == 0
     });
-    assert!(s.buffers_registered, "fixed sends need registered buffers");
+    if s.data_plane == sssonector::driver::DataPlane::IoUring {
+        assert!(s.buffers_registered, "fixed sends need registered buffers");
+    }
     // Still alive and relaying.
     let echo = Upstream::echo();
     let proxy2 = start_proxy_with(&[&[echo.addr]], 1, "  buffer:\n    send_mode: fixed\n");

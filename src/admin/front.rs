@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::http::{self, Request, RequestError, Response};
 use super::{routes, AdminState, MAX_CONNECTIONS};
-use crate::uring::sys;
+use crate::driver::sys;
 
 /// Connections the front holds at once (reading a head or lingering after an answer);
 /// a new one past that closes the oldest.

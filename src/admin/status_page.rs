@@ -228,6 +228,7 @@ pub fn render(s: &StatsSnapshot, metrics_interval: Duration) -> String {
         "buffer-waits",
         t.buffer_waits.to_string(),
     );
+    row(&mut h, "data plane", "data-plane", s.data_plane.to_string());
     row(
         &mut h,
         "registered with io_uring",

@@ -1,11 +1,13 @@
-//! The per-worker buffer registry: one mmap'd region of fixed-size slots, registered with
-//! the ring as fixed buffers and published through a provided-buffer ring, so the kernel
-//! takes a slot only when data arrives and an idle session holds none.
+//! The per-worker buffer registry: one mmap'd region of fixed-size slots. On io_uring it
+//! is registered as fixed buffers (when the locked-memory limit allows) and published
+//! through a provided-buffer ring, so the kernel takes a slot only when data arrives and
+//! an idle session holds none; on epoll the driver takes a free slot only once a socket
+//! is readable, to the same effect.
 //!
-//! Ownership: a slot is either in the provided ring (the kernel's to take), or held by
-//! exactly one session direction (received data not yet fully sent), plus one reference
-//! per zero-copy send whose notification has not arrived. It goes back to the ring only
-//! when its last reference is released.
+//! Ownership: a slot is either free (in the provided ring, the kernel's to take, or in the
+//! free list), or held by exactly one session direction (received data not yet fully
+//! sent), plus one reference per zero-copy send whose notification has not arrived. It
+//! is free again only when its last reference is released.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -97,12 +99,44 @@ impl SlotQueue {
     }
 }
 
-/// A part of a held slot still to send.
+/// A part of a held slot still to send. Only the registry makes one, so a send's
+/// pointer and length always lie inside a held slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
-    pub slot: u16,
-    pub offset: usize,
-    pub len: usize,
+    slot: u16,
+    offset: usize,
+    len: usize,
+}
+
+impl Pending {
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// How free slots reach the receives that fill them.
+enum Provision {
+    /// Not yet decided (a registry before [`BufferRegistry::register`], or epoll's):
+    /// free slots wait in the free list for the driver to take.
+    FreeList,
+    /// A provided-buffer ring of `mask + 1` entries the kernel takes from. Free slots
+    /// beyond its room wait in the free list and move in as the kernel takes slots out.
+    Ring {
+        map: Mapping,
+        mask: u16,
+        /// Our copy of the ring tail; the kernel reads the shared one.
+        tail: u16,
+        /// Slots published and not yet reported taken.
+        in_ring: usize,
+    },
 }
 
 /// An anonymous private mapping, unmapped on drop.
@@ -137,8 +171,13 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned; the registry outlives every op
-        // that may touch the region (the worker waits for all completions before dropping it).
+        // SAFETY: ptr/len are exactly what mmap returned, unmapped once. No op can touch
+        // the region afterwards: the registry is owned by its driver and declared after
+        // the ring (or the epoll set, whose syscalls never outlive a call), so the ring is
+        // closed first. A worker usually waits for every completion before that, but not
+        // on the stop-grace exit or when io_uring_enter fails; that is still sound
+        // because closing a ring cancels its ops and the kernel keeps registered and
+        // in-flight pages pinned until it has let go of them.
         unsafe {
             libc::munmap(self.ptr.cast(), self.len);
         }
@@ -148,12 +187,11 @@ impl Drop for Mapping {
 /// One worker's slots.
 pub struct BufferRegistry {
     region: Mapping,
-    ring: Mapping,
+    provision: Provision,
+    /// Free slots not in the provided ring, the most recently freed last.
+    free: Vec<u16>,
     slot_size: usize,
     count: usize,
-    ring_mask: u16,
-    /// Our copy of the ring tail; the kernel reads the shared one.
-    tail: u16,
     slots: Vec<SlotMeta>,
     in_use: usize,
     in_use_max: usize,
@@ -162,7 +200,7 @@ pub struct BufferRegistry {
 }
 
 impl BufferRegistry {
-    /// Maps `count` slots of `slot_size` bytes and a provided ring able to hold them all.
+    /// Maps `count` slots of `slot_size` bytes, all free.
     pub fn new(count: usize, slot_size: usize) -> io::Result<BufferRegistry> {
         if count == 0 || count > MAX_SLOTS {
             return Err(io::Error::new(
@@ -170,15 +208,13 @@ impl BufferRegistry {
                 format!("{count} buffer slots per worker; 1..={MAX_SLOTS} supported"),
             ));
         }
-        let ring_entries = count.next_power_of_two();
-        let ring_bytes = ring_entries * std::mem::size_of::<BufRingEntry>();
         Ok(BufferRegistry {
             region: Mapping::new(count * slot_size)?,
-            ring: Mapping::new(ring_bytes)?,
+            provision: Provision::FreeList,
+            // Popped from the back: slot 0 first.
+            free: (0..count as u16).rev().collect(),
             slot_size,
             count,
-            ring_mask: (ring_entries - 1) as u16,
-            tail: 0,
             slots: vec![
                 SlotMeta {
                     refs: 0,
@@ -195,25 +231,77 @@ impl BufferRegistry {
         })
     }
 
-    /// Registers the region as fixed buffers (falling back when memlock forbids it) and
-    /// the provided ring, then publishes every slot.
-    pub fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<Registration> {
-        self.registration = self.register_fixed(submitter);
-        // SAFETY: the ring mapping is page aligned, sized for `ring_mask + 1` entries, and
-        // lives as long as the registry, which the worker drops only after the ring.
+    /// Registers the region as fixed buffers when `fixed` (falling back when memlock
+    /// forbids it after all) and a provided ring of `ring_entries` (a power of two, at
+    /// most the slot count rounded up), then publishes as many free slots as it holds.
+    pub fn register(
+        &mut self,
+        submitter: &Submitter<'_>,
+        fixed: bool,
+        ring_entries: usize,
+    ) -> io::Result<Registration> {
+        debug_assert!(ring_entries.is_power_of_two() && ring_entries <= 32768);
+        self.registration = if fixed {
+            self.register_fixed(submitter)
+        } else {
+            Registration::Unregistered
+        };
+        let map = Mapping::new(ring_entries * std::mem::size_of::<BufRingEntry>())?;
+        // SAFETY: the mapping is page aligned and sized for `ring_entries` entries; it
+        // moves into `self.provision` below and so lives as long as the registry. The
+        // registry is a field of the ring's owner declared after the ring, so it is
+        // dropped after the ring is closed, and closing a ring unregisters its buffer
+        // rings: the kernel never reads the mapping after it is unmapped.
         unsafe {
             submitter.register_buf_ring_with_flags(
-                self.ring.ptr as u64,
-                self.ring_mask + 1,
+                map.ptr as u64,
+                ring_entries as u16,
                 BUFFER_GROUP,
                 0,
             )?;
         }
-        for slot in 0..self.count {
-            self.push_to_ring(slot as u16);
-        }
-        self.publish_tail();
+        self.provision = Provision::Ring {
+            map,
+            mask: (ring_entries - 1) as u16,
+            tail: 0,
+            in_ring: 0,
+        };
+        self.top_up_ring();
         Ok(self.registration)
+    }
+
+    /// Moves free slots into the provided ring while it has room.
+    fn top_up_ring(&mut self) {
+        let mut moved = false;
+        while let Provision::Ring { mask, in_ring, .. } = self.provision {
+            if in_ring > mask as usize {
+                break;
+            }
+            let Some(slot) = self.free.pop() else {
+                break;
+            };
+            self.push_to_ring(slot);
+            moved = true;
+        }
+        if moved {
+            self.publish_tail();
+        }
+    }
+
+    /// The epoll driver takes a free slot for a receive about to be made.
+    pub(crate) fn pop_free(&mut self) -> Option<u16> {
+        debug_assert!(matches!(self.provision, Provision::FreeList));
+        self.free.pop()
+    }
+
+    /// The epoll driver gives back a slot its receive did not fill.
+    pub(crate) fn unpop(&mut self, slot: u16) {
+        self.free.push(slot);
+    }
+
+    /// Whether the kernel (or the epoll driver) has a free slot to give a receive.
+    pub fn has_free(&self) -> bool {
+        self.in_use < self.count
     }
 
     fn register_fixed(&self, submitter: &Submitter<'_>) -> Registration {
@@ -271,7 +359,7 @@ impl BufferRegistry {
         self.allocations
     }
 
-    /// Records that the kernel filled `slot` for a receive: the caller now holds it.
+    /// Records that a receive filled `slot`: the caller now holds it.
     pub fn take(&mut self, slot: u16) {
         let meta = &mut self.slots[slot as usize];
         debug_assert_eq!(meta.refs, 0, "slot {slot} taken twice");
@@ -279,6 +367,10 @@ impl BufferRegistry {
         self.in_use += 1;
         self.in_use_max = self.in_use_max.max(self.in_use);
         self.allocations += 1;
+        if let Provision::Ring { in_ring, .. } = &mut self.provision {
+            *in_ring -= 1;
+            self.top_up_ring();
+        }
     }
 
     /// Adds a reference to a held slot (a zero-copy send awaiting its notification).
@@ -296,8 +388,8 @@ impl BufferRegistry {
             return false;
         }
         self.in_use -= 1;
-        self.push_to_ring(slot);
-        self.publish_tail();
+        self.free.push(slot);
+        self.top_up_ring();
         true
     }
 
@@ -372,61 +464,84 @@ impl BufferRegistry {
         recycled
     }
 
-    /// The address of `len` bytes at `offset` in `slot`.
-    pub fn ptr(&self, slot: u16, offset: usize) -> *const u8 {
-        debug_assert!((slot as usize) < self.count && offset <= self.slot_size);
-        // SAFETY: slot < count and offset <= slot_size keep the pointer inside the region
-        // (or one past a slot's end, which is never dereferenced with a non-zero length).
+    /// Where `part`'s unsent bytes start; `part.len()` of them lie inside its slot.
+    pub(crate) fn ptr(&self, part: Pending) -> *const u8 {
+        self.at(part.slot, part.offset)
+    }
+
+    /// The start of a free slot, for the epoll driver's receive into it.
+    pub(crate) fn free_slot_ptr(&mut self, slot: u16) -> *mut u8 {
+        debug_assert_eq!(self.slots[slot as usize].refs, 0);
+        self.at(slot, 0).cast_mut()
+    }
+
+    fn at(&self, slot: u16, offset: usize) -> *const u8 {
+        assert!((slot as usize) < self.count && offset <= self.slot_size);
+        // SAFETY: slot < count and offset <= slot_size (asserted) keep the pointer inside
+        // the region, or one past a slot's end, which is never read with a non-zero length.
         unsafe { self.region.ptr.add(slot as usize * self.slot_size + offset) }
     }
 
-    /// The bytes a receive put at the start of `slot`.
-    pub fn bytes(&self, slot: u16, len: usize) -> &[u8] {
-        let len = len.min(self.slot_size);
-        // SAFETY: in bounds as in `ptr`; the slot is held by the caller (refs > 0), so the
-        // kernel is not writing into it.
-        unsafe { std::slice::from_raw_parts(self.ptr(slot, 0), len) }
-    }
-
     fn push_to_ring(&mut self, slot: u16) {
-        let index = (self.tail & self.ring_mask) as usize;
-        // SAFETY: index <= ring_mask, inside the ring mapping; the kernel does not read an
+        let addr = self.at(slot, 0) as u64;
+        let size = self.slot_size as u32;
+        let Provision::Ring {
+            map,
+            mask,
+            tail,
+            in_ring,
+        } = &mut self.provision
+        else {
+            return;
+        };
+        let index = (*tail & *mask) as usize;
+        // SAFETY: index <= mask, inside the ring mapping; the kernel does not read an
         // entry at or past the tail we have published, so writing it races with nothing.
         unsafe {
-            let entry = &mut *self.ring.ptr.cast::<BufRingEntry>().add(index);
-            entry.set_addr(self.ptr(slot, 0) as u64);
-            entry.set_len(self.slot_size as u32);
+            let entry = &mut *map.ptr.cast::<BufRingEntry>().add(index);
+            entry.set_addr(addr);
+            entry.set_len(size);
             entry.set_bid(slot);
         }
-        self.tail = self.tail.wrapping_add(1);
+        *tail = tail.wrapping_add(1);
+        *in_ring += 1;
     }
 
     fn publish_tail(&self) {
+        let Provision::Ring { map, tail, .. } = &self.provision else {
+            return;
+        };
         // SAFETY: the tail field overlays entry 0's reserved field, inside the mapping, and
         // is only ever accessed atomically; the release store orders the entry writes
         // before the kernel sees the new tail.
         unsafe {
-            let tail = BufRingEntry::tail(self.ring.ptr.cast::<BufRingEntry>()) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
+            let shared = BufRingEntry::tail(map.ptr.cast::<BufRingEntry>()) as *const AtomicU16;
+            (*shared).store(*tail, Ordering::Release);
         }
     }
 }
 
 fn memlock_limit() -> String {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return "unknown".into();
-    }
-    if lim.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{} bytes", lim.rlim_cur)
-    }
+    crate::driver::select::Memlock::current().to_string()
 }
+
+/// Registers (and at once unregisters) a provided-buffer ring of one entry: whether this
+/// kernel and process may use them at all.
+pub(crate) fn probe_buf_ring(submitter: &Submitter<'_>) -> io::Result<()> {
+    let map = Mapping::new(PROBE_RING_BYTES)?;
+    // SAFETY: the mapping is page aligned and holds the one entry registered. It is
+    // unregistered below before `map` is dropped; if that failed, the kernel still holds
+    // its own pin on the ring's page until the probe ring closes, so unmapping our view
+    // leaves it nothing dangling. No op ever selects from this group.
+    unsafe {
+        submitter.register_buf_ring_with_flags(map.ptr as u64, 1, PROBE_GROUP, 0)?;
+    }
+    submitter.unregister_buf_ring(PROBE_GROUP)
+}
+
+const PROBE_RING_BYTES: usize = 4096;
+/// A group id no worker uses.
+const PROBE_GROUP: u16 = 0xfffe;
 
 fn warn_once(msg: std::fmt::Arguments<'_>) {
     if !MEMLOCK_WARNED.swap(true, Ordering::Relaxed) {
@@ -439,11 +554,14 @@ mod tests {
     use super::*;
 
     fn registry(count: usize) -> BufferRegistry {
-        let mut r = BufferRegistry::new(count, 4096).expect("mmap");
-        for slot in 0..count {
-            r.push_to_ring(slot as u16);
-        }
-        r
+        BufferRegistry::new(count, 4096).expect("mmap")
+    }
+
+    /// Takes `slot` as a receive would: out of the free list, then held.
+    fn take(r: &mut BufferRegistry, slot: u16) {
+        let at = r.free.iter().position(|&s| s == slot).expect("free slot");
+        r.free.remove(at);
+        r.take(slot);
     }
 
     #[test]
@@ -451,7 +569,7 @@ mod tests {
         let mut r = registry(4);
         let mut q = SlotQueue::default();
         for (slot, len) in [(2u16, 100), (0, 50), (3, 10)] {
-            r.take(slot);
+            take(&mut r, slot);
             r.enqueue(&mut q, slot, len);
         }
         assert_eq!(r.in_use(), 3);
@@ -499,7 +617,7 @@ mod tests {
     fn a_zero_copy_reference_keeps_the_slot_out_of_the_ring() {
         let mut r = registry(2);
         let mut q = SlotQueue::default();
-        r.take(1);
+        take(&mut r, 1);
         r.enqueue(&mut q, 1, 8);
         r.retain(1);
         assert_eq!(r.consume(&mut q, 8), 0, "the notification still holds it");

@@ -59,6 +59,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub workers: Workers,
+    /// Which data plane runs the workers: `auto` (io_uring, else epoll), `io_uring`, `epoll`.
+    #[serde(default)]
+    pub data_plane: DataPlaneSetting,
     #[serde(default)]
     pub connection: ConnectionConfig,
     #[serde(default)]
@@ -355,6 +358,55 @@ impl Default for HealthCheckConfig {
     }
 }
 
+/// The `data_plane` key (and `--data-plane`, `SSSONECTOR_DATA_PLANE`): which data plane
+/// runs the workers. `auto` prefers io_uring and falls back to epoll with a warning that
+/// names the cause; `io_uring` refuses to start without it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPlaneSetting {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl DataPlaneSetting {
+    const CHOICES: [(&'static str, DataPlaneSetting); 3] = [
+        ("auto", DataPlaneSetting::Auto),
+        ("io_uring", DataPlaneSetting::IoUring),
+        ("epoll", DataPlaneSetting::Epoll),
+    ];
+
+    /// The environment variable that overrides the file's `data_plane` (a flag overrides both).
+    pub const ENV: &'static str = "SSSONECTOR_DATA_PLANE";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPlaneSetting::Auto => "auto",
+            DataPlaneSetting::IoUring => "io_uring",
+            DataPlaneSetting::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::str::FromStr for DataPlaneSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        DataPlaneSetting::CHOICES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("`{s}` is not a data plane; use auto, io_uring or epoll"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DataPlaneSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        values::one_of(d, &DataPlaneSetting::CHOICES)
+    }
+}
+
 /// How a received slot is sent on.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -485,6 +537,12 @@ impl Config {
 
     /// Validation proper; errors carry the lines of `self.source`.
     fn validate_in(&mut self) -> Result<(), ConfigError> {
+        if let Ok(v) = std::env::var(DataPlaneSetting::ENV) {
+            self.data_plane = v
+                .trim()
+                .parse()
+                .map_err(|m| invalid(DataPlaneSetting::ENV, None, m))?;
+        }
         let source = self.source.clone();
         let v = validate::Validator::new(&source);
         v.config(self)

@@ -183,6 +183,10 @@ const COMMENTS: &[(&str, &str)] = &[
         "host:port endpoints, resolved at load",
     ),
     ("workers", "`auto` (one per CPU) or 1..1024"),
+    (
+        "data_plane",
+        "`auto` (io_uring, else epoll with a warning), `io_uring` or `epoll`",
+    ),
     ("connection", "the spec's section"),
     (
         "connection.pool",

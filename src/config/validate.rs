@@ -223,7 +223,7 @@ impl<'a> Validator<'a> {
             ));
         }
         let total = (per_worker as u128) * (n as u128) * (b.size as u128);
-        if let Some(mem) = physical_memory() {
+        if let Some(mem) = crate::driver::sys::physical_memory() {
             if total > u128::from(mem) {
                 let key = if self.present(&size_key) && !self.present(&pool_key) {
                     size_key
@@ -443,20 +443,6 @@ pub fn split_host_port(u: &str) -> Result<(&str, u16), String> {
         Ok(p) => Ok((host, p)),
         Err(_) => Err(format!("port 1..65535 expected, got `{port}` in `{u}`")),
     }
-}
-
-/// The machine's physical memory in bytes, if the OS says.
-fn physical_memory() -> Option<u64> {
-    // SAFETY: sysconf only reads system parameters.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let pages = u64::try_from(pages).ok()?;
-    let page = u64::try_from(page).ok()?;
-    pages.checked_mul(page).filter(|&m| m > 0)
 }
 
 /// Bytes as GiB with one decimal.

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use slab::Slab;
 
 use crate::buffer::SlotQueue;
-use crate::uring::{GEN_MASK, MAX_KEYS};
+use crate::worker::op::{GEN_MASK, MAX_KEYS};
 
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::pool::{Removed, WAKE_DATA};
 use super::{EndpointTable, WarmPool};
-use crate::uring::sys;
+use crate::driver::sys;
 
 /// The longest the keeper sleeps: how soon it notices a health flush or a stop at worst
 /// (both also wake it at once).

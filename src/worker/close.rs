@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl<D: Driver> Worker<D> {
     /// Starts tearing an entry down: cancels its ops; it is freed when the last completes.
     pub(crate) fn begin_close(&mut self, key: usize, gen: u32, reset: bool) {
         let Some(s) = self.table.get_mut(key, gen) else {
@@ -24,9 +24,9 @@ impl Worker {
             if let Some(s) = self.table.get_mut(key, gen) {
                 s.ops += 1;
             }
-            self.ring.cancel_op(
-                Token::new(key, gen, OpKind::RetryTimer),
-                Token::new(key, gen, OpKind::Cancel),
+            self.driver.cancel_op(
+                Token::new(key, gen, OpKind::RetryTimer).encode(),
+                Token::new(key, gen, OpKind::Cancel).encode(),
             );
         }
         if pending {
@@ -34,8 +34,8 @@ impl Worker {
                 if let Some(s) = self.table.get_mut(key, gen) {
                     s.ops += 1;
                 }
-                self.ring
-                    .cancel_fd(fd, Token::new(key, gen, OpKind::Cancel));
+                self.driver
+                    .cancel_fd(fd, Token::new(key, gen, OpKind::Cancel).encode());
             }
         }
         self.table.unlink(key);
@@ -76,6 +76,7 @@ impl Worker {
                 self.pool_dialing -= 1;
                 // The entry owned the fd and none of its ops is in flight (ops == 0):
                 // from here the pool owns it.
+                self.driver.release_fd(s.upstream_fd, false);
                 let fd = sys::own_fd(s.upstream_fd);
                 // Read before the health flag: a flush after this refuses the put.
                 let epoch = self.shared.endpoints.down_epoch(ep);
@@ -95,7 +96,7 @@ impl Worker {
         let mut s = self.table.remove(key);
         let mut recycled = 0;
         for d in &mut s.dirs {
-            recycled += self.ring.buffers.clear(&mut d.queue);
+            recycled += self.driver.buffers_mut().clear(&mut d.queue);
         }
         if recycled > 0 {
             self.serve_waiters();
@@ -132,8 +133,12 @@ impl Worker {
                 }
             }
         }
-        sys::close(s.client_fd, s.reset);
-        sys::close(s.upstream_fd, s.reset);
+        for fd in [s.client_fd, s.upstream_fd] {
+            if fd >= 0 {
+                self.driver.release_fd(fd, true);
+                sys::close(fd, s.reset);
+            }
+        }
         self.wake_granted();
     }
 

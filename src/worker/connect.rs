@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl<D: Driver> Worker<D> {
     /// Pairs an admitted client with an upstream: a warm connection of the picked
     /// endpoint if one is alive, else a dial.
     pub(super) fn connect_client(&mut self, key: usize, gen: u32) {
@@ -80,11 +80,11 @@ impl Worker {
             s.state = State::Connecting;
         }
         s.ops += 2;
-        self.ring.connect(
+        self.driver.connect(
             fd,
             ep,
-            Token::new(key, gen, OpKind::Connect),
-            Token::new(key, gen, OpKind::ConnectTimeout),
+            Token::new(key, gen, OpKind::Connect).encode(),
+            Token::new(key, gen, OpKind::ConnectTimeout).encode(),
         );
     }
 
@@ -158,6 +158,7 @@ impl Worker {
             self.shared.wake_all();
         }
         let fd = std::mem::replace(&mut s.upstream_fd, -1);
+        self.driver.release_fd(fd, true);
         sys::close(fd, false);
         if state == State::PoolDial {
             // The reservation is over; finalize must not end it a second time.
@@ -211,14 +212,14 @@ impl Worker {
         s.state = State::RetryWait;
         s.tried = 0;
         s.ops += 1;
-        self.ring
-            .retry_timer(Token::new(key, gen, OpKind::RetryTimer));
+        self.driver
+            .retry_timer(Token::new(key, gen, OpKind::RetryTimer).encode());
     }
 
     /// Dials healthy endpoints up to their pool targets.
     pub(crate) fn refill(&mut self) {
         // The endpoints this worker knows: a reload may have grown the table meanwhile.
-        for ep in 0..self.ring.endpoints() {
+        for ep in 0..self.driver.endpoints() {
             self.refill_endpoint(ep);
         }
     }

@@ -9,36 +9,35 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use io_uring::cqueue;
-
 use crate::admission::{Admission, Admit, Ticket};
 use crate::buffer::Registration;
 use crate::config::{Balance, HealthCheckConfig, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::deadline;
+use crate::driver::{self, sys, Completion, Driver, SendOp};
 use crate::error::ProxyError;
 use crate::logging::LogLimits;
 use crate::metrics::{EndpointCounters, PublishedCounters, WorkerCounters, WorkerHistograms};
 use crate::reload::LiveConfig;
 use crate::upstream::{self, keeper, Discard, EndpointTable, WarmPool};
-use crate::uring::{self, sys, OpKind, Ring, Token};
+
+use op::{OpKind, Token};
 
 mod close;
 mod connect;
 mod handle;
+pub(crate) mod op;
 mod start;
 
 pub use handle::{ProxyHandle, ShutdownTrigger};
 pub use start::start;
 
-/// Submission queue entries per worker ring.
-const RING_ENTRIES: u32 = 4096;
 /// How often a worker publishes its counters, refills its pool and checks endpoint health.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a stopping worker waits for zero-copy notifications of closed sessions.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Slab key used by ops that belong to the worker, not to a session.
-const WORKER_KEY: usize = crate::uring::MAX_KEYS - 1;
+const WORKER_KEY: usize = op::MAX_KEYS - 1;
 
 /// State shared by the handle, the workers and the health prober.
 pub(crate) struct Shared {
@@ -148,9 +147,9 @@ pub(crate) struct Settings {
     pub sweep_every: Duration,
 }
 
-pub(crate) struct Worker {
+pub(crate) struct Worker<D: Driver> {
     pub(crate) index: usize,
-    pub ring: Ring,
+    pub driver: D,
     pub table: ConnTable,
     pub listeners: Vec<WorkerListener>,
     pub settings: Settings,
@@ -197,27 +196,29 @@ pub(crate) struct Worker {
     pub(crate) woken: Vec<usize>,
 }
 
-impl Worker {
+impl<D: Driver> Worker<D> {
     fn run(mut self) -> Result<(), ProxyError> {
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
-        self.ring
-            .tick(Token::new(WORKER_KEY, 0, OpKind::Tick), false);
-        self.ring
-            .wait_wake(self.wake_fd, Token::new(WORKER_KEY, 0, OpKind::Wake));
+        self.driver
+            .tick(Token::new(WORKER_KEY, 0, OpKind::Tick).encode(), false);
+        self.driver.wait_wake(
+            self.wake_fd,
+            Token::new(WORKER_KEY, 0, OpKind::Wake).encode(),
+        );
         self.refill();
         let mut cqes = Vec::with_capacity(1024);
         let mut stop_deadline = self.now;
         loop {
             let entered = self
-                .ring
+                .driver
                 .submit_and_wait()
                 .map_err(|source| ProxyError::Internal {
                     what: "io_uring_enter failed".into(),
                     source,
                 })?;
-            if entered == uring::Entered::DroppedCompletion {
+            if entered == driver::Entered::DroppedCompletion {
                 // The kernel could not buffer a completion and dropped it: one op's
                 // outcome is lost (its session may stay until the inactivity timeout),
                 // but the ring and every other session are fine. Counted and logged;
@@ -233,33 +234,33 @@ impl Worker {
             }
             self.now = Instant::now();
             self.now_ms = deadline::millis(self.now.duration_since(self.started));
-            self.ring.reap(&mut cqes);
-            for &(user_data, res, flags) in &cqes {
-                self.dispatch(user_data, res, flags);
+            self.driver.reap(&mut cqes);
+            for &c in &cqes {
+                self.dispatch(c);
             }
             if self.stopping && self.table.is_empty() {
                 if !self.cancelled_all {
                     self.cancelled_all = true;
                     stop_deadline = deadline::after(self.now, STOP_GRACE);
-                    self.ring
-                        .cancel_all(Token::new(WORKER_KEY, 0, OpKind::Cancel));
+                    self.driver
+                        .cancel_all(Token::new(WORKER_KEY, 0, OpKind::Cancel).encode());
                     // Wakes the loop while zero-copy notifications may still be due.
-                    self.ring
-                        .tick(Token::new(WORKER_KEY, 0, OpKind::Tick), true);
+                    self.driver
+                        .tick(Token::new(WORKER_KEY, 0, OpKind::Tick).encode(), true);
                 }
-                if self.ring.in_flight() == 0 {
+                if self.driver.in_flight() == 0 {
                     break;
                 }
                 if self.now >= stop_deadline {
                     // Only zero-copy notifications can be left (every session is gone):
                     // their pages stay pinned by the kernel, so leaving is safe.
                     tracing::warn!(
-                        ops = self.ring.in_flight(),
+                        ops = self.driver.in_flight(),
                         "worker stopping with zero-copy notifications still due"
                     );
                     break;
                 }
-                if self.ring.in_flight() == 1 {
+                if self.driver.in_flight() == 1 {
                     // Only the wake-up tick is left (it is re-armed while waiting).
                     break;
                 }
@@ -270,23 +271,24 @@ impl Worker {
         Ok(())
     }
 
-    fn dispatch(&mut self, user_data: u64, res: i32, flags: u32) {
-        let Some(token) = Token::decode(user_data) else {
-            tracing::error!(user_data, "internal: completion with an unknown user_data");
+    fn dispatch(&mut self, c: Completion) {
+        let Some(token) = Token::decode(c.user_data) else {
+            tracing::error!(
+                user_data = c.user_data,
+                "internal: completion with an unknown user_data"
+            );
             return;
         };
+        let res = c.res;
         match token.op {
-            OpKind::Accept => self.on_accept(token.key as usize, res, flags),
+            OpKind::Accept => self.on_accept(token.key as usize, res, c.more),
             OpKind::Tick => {
                 // While stopping, the tick only wakes the loop to check its grace period.
-                if !cqueue::more(flags)
-                    && res != -libc::ECANCELED
-                    && (!self.stopping || self.cancelled_all)
-                {
+                if !c.more && res != -libc::ECANCELED && (!self.stopping || self.cancelled_all) {
                     // Multishot timeouts end on CQ overflow, and kernels before 6.4
                     // refuse them (EINVAL): fall back to re-arming a one-shot tick.
-                    self.ring.tick(
-                        Token::new(WORKER_KEY, 0, OpKind::Tick),
+                    self.driver.tick(
+                        Token::new(WORKER_KEY, 0, OpKind::Tick).encode(),
                         res == -libc::EINVAL,
                     );
                 }
@@ -296,18 +298,19 @@ impl Worker {
             }
             OpKind::Wake => self.on_wake(res),
             OpKind::Cancel if token.key as usize == WORKER_KEY => {}
-            _ => self.on_session_op(token, res, flags),
+            _ => self.on_session_op(token, c),
         }
     }
 
     fn arm_accept(&mut self, index: usize) {
         let fd = self.listeners[index].fd.as_raw_fd();
         self.listeners[index].accept_armed = true;
-        self.ring.accept(fd, Token::new(index, 0, OpKind::Accept));
+        self.driver
+            .accept(fd, Token::new(index, 0, OpKind::Accept).encode());
     }
 
-    fn on_accept(&mut self, index: usize, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
+    fn on_accept(&mut self, index: usize, res: i32, more: bool) {
+        if !more {
             self.listeners[index].accept_armed = false;
         }
         if res < 0 {
@@ -374,8 +377,10 @@ impl Worker {
         }
         self.refill();
         if res != -libc::ECANCELED {
-            self.ring
-                .wait_wake(self.wake_fd, Token::new(WORKER_KEY, 0, OpKind::Wake));
+            self.driver.wait_wake(
+                self.wake_fd,
+                Token::new(WORKER_KEY, 0, OpKind::Wake).encode(),
+            );
         }
     }
 
@@ -387,8 +392,10 @@ impl Worker {
         }
         self.stopping = true;
         for l in &self.listeners {
-            self.ring
-                .cancel_fd(l.fd.as_raw_fd(), Token::new(WORKER_KEY, 0, OpKind::Cancel));
+            self.driver.cancel_fd(
+                l.fd.as_raw_fd(),
+                Token::new(WORKER_KEY, 0, OpKind::Cancel).encode(),
+            );
         }
         for (key, gen) in self.table.keys() {
             self.begin_close(key, gen, false);
@@ -420,7 +427,7 @@ impl Worker {
     }
 
     fn publish(&mut self) {
-        let b = &self.ring.buffers;
+        let b = self.driver.buffers();
         self.counters.buffer_slots_total = b.count() as u64;
         self.counters.buffer_slots_in_use = b.in_use() as u64;
         self.counters.buffer_slots_in_use_max = b.in_use_max() as u64;
@@ -518,24 +525,25 @@ impl Worker {
         }
     }
 
-    fn on_session_op(&mut self, token: Token, res: i32, flags: u32) {
+    fn on_session_op(&mut self, token: Token, c: Completion) {
         let key = token.key as usize;
+        let res = c.res;
         let Some(s) = self.table.get_mut(key, token.gen) else {
             // A completion for a freed entry: nothing of it can be in use any more. A
             // zero-copy notification still holds its slot.
-            if token.op == OpKind::Send && cqueue::notif(flags) {
+            if token.op == OpKind::Send && c.notif {
                 self.release_slot(token.slot);
             }
-            self.drop_received(cqueue::buffer_select(flags));
+            self.drop_received(c.buffer);
             return;
         };
         // A zero-copy send's notification is not counted as one of the session's ops: it
         // only comes once the peer acknowledged the data (or the socket is gone), so a
         // closing session must not wait for it; the slot it holds keeps a reference.
         let done = if token.op == OpKind::Send {
-            !cqueue::notif(flags)
+            !c.notif
         } else {
-            !cqueue::more(flags)
+            !c.more
         };
         if done {
             s.ops -= 1;
@@ -547,10 +555,8 @@ impl Worker {
                     self.connect_client(key, token.gen);
                 }
             }
-            OpKind::Recv => self.on_recv(key, token.gen, token.dir as usize, res, flags),
-            OpKind::Send => {
-                self.on_send(key, token.gen, token.dir as usize, token.slot, res, flags)
-            }
+            OpKind::Recv => self.on_recv(key, token.gen, token.dir as usize, res, c.buffer),
+            OpKind::Send => self.on_send(key, token.gen, token.dir as usize, token.slot, c),
             OpKind::SendMsg => {
                 self.on_send_msg(key, token.gen, token.dir as usize, token.slot, res)
             }
@@ -562,20 +568,18 @@ impl Worker {
     }
 
     /// Which send op a direction uses for `len` bytes.
-    pub(crate) fn send_op(&self, remote: bool, len: usize) -> uring::SendOp {
-        let registered = self.ring.buffers.registration() == Registration::Registered;
+    pub(crate) fn send_op(&self, remote: bool, len: usize) -> SendOp {
+        let registered = self.driver.buffers().registration() == Registration::Registered;
         match self.settings.send_mode {
-            SendMode::Send => uring::SendOp::Send,
-            SendMode::Fixed if registered => uring::SendOp::WriteFixed,
-            SendMode::Fixed => uring::SendOp::Send,
-            SendMode::Zerocopy => uring::SendOp::ZeroCopy,
+            SendMode::Send => SendOp::Send,
+            SendMode::Fixed if registered => SendOp::WriteFixed,
+            SendMode::Fixed => SendOp::Send,
+            SendMode::Zerocopy => SendOp::ZeroCopy,
             // Loopback copies zero-copy pages anyway, and small sends lose to the
             // notification round trip; zero-copy from registered slots pays off for
             // large writes to a real network.
-            SendMode::Auto if remote && registered && len >= ZEROCOPY_MIN => {
-                uring::SendOp::ZeroCopy
-            }
-            SendMode::Auto => uring::SendOp::Send,
+            SendMode::Auto if remote && registered && len >= ZEROCOPY_MIN => SendOp::ZeroCopy,
+            SendMode::Auto => SendOp::Send,
         }
     }
 }

@@ -2,29 +2,33 @@
 //! the control threads.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ProxyHandle, Settings, Shared, Worker, WorkerListener, RING_ENTRIES, TICK};
+use super::{ProxyHandle, Settings, Shared, Worker, WorkerListener, TICK};
 use crate::admission::Admission;
 use crate::buffer::{BufferRegistry, Registration};
 use crate::config::Config;
 use crate::conn::ConnTable;
+use crate::driver::epoll::Epoll;
+use crate::driver::select::{self, Plan, UringSetup, RING_ENTRIES};
+use crate::driver::uring::{self, Ring};
+use crate::driver::{sys, DataPlane, Driver, MAX_IOV};
 use crate::error::ProxyError;
 use crate::logging::LogLimits;
 use crate::metrics::{EndpointCounters, PublishedCounters, WorkerCounters, WorkerHistograms};
 use crate::reload::{LiveConfig, Reloader};
 use crate::upstream::{self, keeper, EndpointTable, WarmPool};
-use crate::uring::{self, sys, Ring};
 use crate::view::ProxyView;
 
 impl Settings {
     pub(crate) fn from_config(config: &Config) -> Settings {
         let conn = &config.connection;
         Settings {
-            max_in_flight: conn.buffer.max_in_flight.clamp(1, uring::MAX_IOV),
+            max_in_flight: conn.buffer.max_in_flight.clamp(1, MAX_IOV),
             send_mode: conn.buffer.send_mode,
             pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
             session_idle_timeout: conn.session.idle_limit(),
@@ -109,6 +113,11 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     }
 
     warn_if_few_sessions_hold_the_pool(&config, slots);
+    let plan = crate::driver::plan_for(&config)?;
+    if let Some(why) = &plan.fallback {
+        tracing::warn!("{why}");
+    }
+    tracing::info!("{}", plan.summary());
 
     // Every endpoint of every listener; a listener's endpoints are ids into this list.
     let mut endpoint_addrs = Vec::new();
@@ -202,75 +211,26 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
                 loopback: addr.ip().is_loopback(),
             })
             .collect();
-        let endpoint_addrs = endpoint_addrs.clone();
-        let settings = settings.clone();
-        let shared = shared.clone();
-        let wake_fd = wake_raw[index];
+        let parts = WorkerParts {
+            index,
+            listeners,
+            settings: settings.clone(),
+            endpoint_addrs: endpoint_addrs.clone(),
+            published: counters,
+            shared: shared.clone(),
+            wake_fd: wake_raw[index],
+            slots,
+            slot_size: conn.buffer.size,
+            connect_timeout: conn.pool.connect_timeout,
+            retry_interval: conn.pool.retry_interval,
+        };
         let ready = ready_tx.clone();
-        let slot_size = conn.buffer.size;
-        let pool_cfg = conn.pool.clone();
+        let plan = plan.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sssonector-w{index}"))
-            .spawn(move || {
-                let setup = (|| {
-                    let (ring, flavor) = uring::build_ring(RING_ENTRIES)?;
-                    uring::probe(&ring)?;
-                    let buffers = BufferRegistry::new(slots, slot_size)
-                        .map_err(internal(format!("cannot map {slots} buffers of {slot_size} bytes")))?;
-                    let mut ring = Ring::new(ring, buffers, &endpoint_addrs, pool_cfg.connect_timeout, pool_cfg.retry_interval, TICK);
-                    let registration = ring.register_buffers().map_err(|e| {
-                        ProxyError::UringUnavailable(format!(
-                            "cannot register a provided-buffer ring ({e}); Linux >= 5.19 is required"
-                        ))
-                    })?;
-                    tracing::debug!(worker = index, ?flavor, ?registration, slots, "worker ready");
-                    Ok::<_, ProxyError>((ring, registration))
-                })();
-                let (ring, registration) = match setup {
-                    Ok(v) => v,
-                    Err(e) => {
-                        // start() reports it; the thread itself ends quietly.
-                        let _ = ready.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                counters
-                    .registered
-                    .store(registration == Registration::Registered, Ordering::Relaxed);
-                let _ = ready.send(Ok(registration));
-                drop(ready);
-                let now = Instant::now();
-                let worker = Worker {
-                    index,
-                    ring,
-                    table: ConnTable::default(),
-                    listeners,
-                    pool_dialing: 0,
-                    live_generation: 0,
-                    settings,
-                    waiters: VecDeque::new(),
-                    waiters_empty: VecDeque::new(),
-                    holding: Vec::new(),
-                    holder_armed: 0,
-                    counters: WorkerCounters::default(),
-                    histograms: WorkerHistograms::default(),
-                    endpoint_counters: vec![EndpointCounters::default(); endpoint_addrs.len()],
-                    log_limits: LogLimits::default(),
-                    debug_peers: HashMap::new(),
-                    queued: VecDeque::new(),
-                    published: counters,
-                    shared,
-                    wake_fd,
-                    stopping: false,
-                    listeners_closed: false,
-                    cancelled_all: false,
-                    started: now,
-                    now,
-                    now_ms: 0,
-                    next_sweep: now,
-                    woken: Vec::new(),
-                };
-                worker.run()
+            .spawn(move || match plan.data_plane {
+                DataPlane::IoUring => run_worker(parts, ready, |p| build_ring(p, &plan)),
+                DataPlane::Epoll => run_worker(parts, ready, build_epoll),
             })
             .map_err(internal("cannot spawn a worker thread".into()))?;
         threads.push(thread);
@@ -285,6 +245,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             shared: shared.clone(),
             published,
             listeners: listen_addrs,
+            data_plane: plan.data_plane,
         },
         admin: None,
         monitoring: conn.monitoring.clone(),
@@ -318,4 +279,134 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         }
     }
     Ok(handle)
+}
+
+/// What a worker is built from, whichever driver it gets.
+struct WorkerParts {
+    index: usize,
+    listeners: Vec<WorkerListener>,
+    settings: Settings,
+    endpoint_addrs: Vec<SocketAddr>,
+    published: Arc<PublishedCounters>,
+    shared: Arc<Shared>,
+    wake_fd: RawFd,
+    slots: usize,
+    slot_size: usize,
+    connect_timeout: Duration,
+    retry_interval: Duration,
+}
+
+/// Builds the driver on the worker's own thread (an io_uring with `SINGLE_ISSUER` must
+/// be used by the thread that made it), reports readiness, and runs the worker.
+fn run_worker<D: Driver>(
+    parts: WorkerParts,
+    ready: mpsc::Sender<Result<Registration, ProxyError>>,
+    build: impl FnOnce(&WorkerParts) -> Result<D, ProxyError>,
+) -> Result<(), ProxyError> {
+    let driver = match build(&parts) {
+        Ok(d) => d,
+        Err(e) => {
+            // start() reports it; the thread itself ends quietly.
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let registration = driver.buffers().registration();
+    parts
+        .published
+        .registered
+        .store(registration == Registration::Registered, Ordering::Relaxed);
+    let _ = ready.send(Ok(registration));
+    drop(ready);
+    let now = Instant::now();
+    let endpoints = parts.endpoint_addrs.len();
+    Worker {
+        index: parts.index,
+        driver,
+        table: ConnTable::default(),
+        listeners: parts.listeners,
+        pool_dialing: 0,
+        live_generation: 0,
+        settings: parts.settings,
+        waiters: VecDeque::new(),
+        waiters_empty: VecDeque::new(),
+        holding: Vec::new(),
+        holder_armed: 0,
+        counters: WorkerCounters::default(),
+        histograms: WorkerHistograms::default(),
+        endpoint_counters: vec![EndpointCounters::default(); endpoints],
+        log_limits: LogLimits::default(),
+        debug_peers: HashMap::new(),
+        queued: VecDeque::new(),
+        published: parts.published,
+        shared: parts.shared,
+        wake_fd: parts.wake_fd,
+        stopping: false,
+        listeners_closed: false,
+        cancelled_all: false,
+        started: now,
+        now,
+        now_ms: 0,
+        next_sweep: now,
+        woken: Vec::new(),
+    }
+    .run()
+}
+
+fn registry(p: &WorkerParts) -> Result<BufferRegistry, ProxyError> {
+    BufferRegistry::new(p.slots, p.slot_size).map_err(|source| ProxyError::Internal {
+        what: format!("cannot map {} buffers of {} bytes", p.slots, p.slot_size),
+        source,
+    })
+}
+
+fn build_ring(p: &WorkerParts, plan: &Plan) -> Result<Ring, ProxyError> {
+    let setup = plan.uring.unwrap_or(UringSetup {
+        sq_entries: RING_ENTRIES,
+        ring_entries: p.slots.next_power_of_two(),
+        fixed: true,
+    });
+    let (ring, flavor) = uring::build_ring(setup.sq_entries)?;
+    let mut ring = Ring::new(
+        ring,
+        registry(p)?,
+        &p.endpoint_addrs,
+        p.connect_timeout,
+        p.retry_interval,
+        TICK,
+    );
+    let registration = ring
+        .register_buffers(setup.fixed, setup.ring_entries)
+        .map_err(|e| {
+            ProxyError::UringUnavailable(format!(
+                "worker {} cannot register its provided-buffer ring of {} entries ({e}); the \
+                 locked-memory limit (RLIMIT_MEMLOCK) is {}: another process of this user may \
+                 hold part of it. Raise it, grant CAP_IPC_LOCK, or set `data_plane: epoll`",
+                p.index,
+                setup.ring_entries,
+                select::Memlock::current()
+            ))
+        })?;
+    tracing::debug!(
+        worker = p.index,
+        ?flavor,
+        ?registration,
+        slots = p.slots,
+        "worker ready"
+    );
+    Ok(ring)
+}
+
+fn build_epoll(p: &WorkerParts) -> Result<Epoll, ProxyError> {
+    Epoll::new(
+        registry(p)?,
+        &p.endpoint_addrs,
+        p.connect_timeout,
+        p.retry_interval,
+        TICK,
+    )
+    .map_err(|source| ProxyError::Internal {
+        what: "cannot create the worker's epoll set".into(),
+        source,
+    })
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::uring::sys;
+use crate::driver::sys;
 
 mod lifetime;
 mod reconfigure;

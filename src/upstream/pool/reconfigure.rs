@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::{share, Discard, EndpointPool, WarmPool};
-use crate::uring::sys;
+use crate::driver::sys;
 
 /// What a reload changes in the pool (see [`WarmPool::reconfigure`]).
 #[derive(Debug)]

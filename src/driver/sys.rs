@@ -4,7 +4,63 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::RawSockAddr;
+/// A socket address in the form `connect(2)` takes, kept at a fixed heap address.
+pub struct RawSockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawSockAddr {
+    pub fn new(addr: SocketAddr) -> RawSockAddr {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawSockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    pub fn socklen(&self) -> libc::socklen_t {
+        self.len
+    }
+}
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -370,8 +426,9 @@ pub fn discard_unread(fd: RawFd) {
 /// kills the process. Rust binaries ignore it already; a program embedding the library
 /// may not. Returns whether it had to change the disposition.
 pub fn ignore_sigpipe() -> io::Result<bool> {
-    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    // SAFETY: sigaction is plain old data; all-zero is a valid value.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null new action, sigaction only reads the current one into `old`.
     check(unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) })?;
     if old.sa_sigaction == libc::SIG_IGN {
         return Ok(false);
@@ -412,4 +469,49 @@ pub fn unsent_bytes(fd: RawFd) -> usize {
     } else {
         n.max(0) as usize
     }
+}
+
+/// `RLIMIT_MEMLOCK`'s soft limit in bytes; `None` when unlimited (or unreadable, which
+/// then shows as whatever the kernel refuses later).
+pub fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return None;
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// Whether the process has `CAP_IPC_LOCK` in its effective set (then io_uring charges
+/// nothing to the locked-memory limit).
+pub fn has_cap_ipc_lock() -> bool {
+    // /proc/self/status's CapEff is the effective set in hex; no syscall needed.
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// The capability number of `CAP_IPC_LOCK` (linux/capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+
+/// The machine's physical memory in bytes, if the OS says.
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system parameters.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let pages = u64::try_from(pages).ok()?;
+    let page = u64::try_from(page).ok()?;
+    pages.checked_mul(page).filter(|&m| m > 0)
 }

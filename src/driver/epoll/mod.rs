@@ -1,0 +1,705 @@
+//! The epoll driver: io_uring's completions emulated on readiness (as monoio's legacy
+//! driver does), so the worker runs unchanged where io_uring is refused.
+//!
+//! An op is recorded against its fd and tried with a non-blocking syscall on the next
+//! [`Driver::submit_and_wait`]; what would block waits for an edge of the fd's
+//! edge-triggered interest (`EPOLLIN | EPOLLOUT | EPOLLRDHUP`, registered once per fd).
+//! Because every new op is tried before waiting, an edge that came while no op was
+//! pending is never needed. A receive takes a free slot only for the call that finds
+//! data (else it gives it straight back), so an idle session holds no buffer here
+//! either. Timers (connect timeouts, retry waits, the tick) live in a heap.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::buffer::{BufferRegistry, Pending, SlotQueue};
+use crate::driver::sys::{self, RawSockAddr};
+use crate::driver::{Completion, Driver, Entered, SendOp, MAX_IOV};
+
+mod calls;
+#[cfg(test)]
+mod tests;
+
+use calls::Sys;
+
+/// Accepts taken from one listener per readiness before others get a turn.
+const ACCEPT_BATCH: usize = 64;
+/// Events taken per wait.
+const EVENTS: usize = 1024;
+
+/// What waits on the reading side of an fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ReadOp {
+    #[default]
+    None,
+    Accept,
+    Recv,
+    /// A receive that completes with `-EAGAIN` rather than wait.
+    Probe,
+    /// An eventfd read.
+    Wake,
+}
+
+/// What waits on the writing side of an fd. Boxed in [`FdOps`] and reused, so the
+/// size of a send's iovecs costs nothing per idle fd.
+#[allow(clippy::large_enum_variant)]
+enum WriteOp {
+    Send {
+        user_data: u64,
+        iov: [libc::iovec; MAX_IOV],
+        parts: usize,
+    },
+    Connect {
+        user_data: u64,
+        timeout_user_data: u64,
+        timer: u64,
+        endpoint: usize,
+        /// `connect(2)` returned EINPROGRESS: writability now means it finished.
+        started: bool,
+    },
+}
+
+/// The ops pending on one fd (indexed by fd number: 32 bytes per fd).
+#[derive(Default)]
+struct FdOps {
+    /// `user_data` of the read-side op (0: none; the worker never submits 0).
+    read: u64,
+    /// `user_data` of the hang-up watch (0: none).
+    hup: u64,
+    write: Option<Box<WriteOp>>,
+    read_op: ReadOp,
+    /// Registered with the epoll set.
+    watched: bool,
+    /// In `to_try`, with which sides new.
+    fresh: u8,
+}
+
+const FRESH_READ: u8 = 1;
+const FRESH_WRITE: u8 = 2;
+const FRESH_HUP: u8 = 4;
+
+impl FdOps {
+    fn is_idle(&self) -> bool {
+        self.read == 0 && self.hup == 0 && self.write.is_none()
+    }
+}
+
+enum TimerKind {
+    Once,
+    /// Re-armed every `tick` until cancelled.
+    Tick,
+    /// The connect timeout of the connect pending on this fd.
+    ConnectTimeout(RawFd),
+}
+
+struct Timer {
+    user_data: u64,
+    kind: TimerKind,
+}
+
+pub(crate) struct Epoll {
+    epfd: OwnedFd,
+    buffers: BufferRegistry,
+    endpoints: Vec<RawSockAddr>,
+    connect_timeout: Duration,
+    retry_interval: Duration,
+    tick: Duration,
+    fds: Vec<FdOps>,
+    /// Write ops' boxes kept for reuse: a send per request would otherwise allocate.
+    #[allow(clippy::vec_box)]
+    spare_writes: Vec<Box<WriteOp>>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    timers: HashMap<u64, Timer>,
+    /// Timer ids by `user_data`, for `cancel_op`.
+    timer_ids: HashMap<u64, u64>,
+    next_timer: u64,
+    to_try: Vec<RawFd>,
+    trying: Vec<RawFd>,
+    events: Vec<libc::epoll_event>,
+    ready: Vec<Completion>,
+    in_flight: usize,
+}
+
+impl Epoll {
+    pub fn new(
+        buffers: BufferRegistry,
+        endpoints: &[SocketAddr],
+        connect_timeout: Duration,
+        retry_interval: Duration,
+        tick: Duration,
+    ) -> io::Result<Epoll> {
+        Ok(Epoll {
+            epfd: sys::epoll()?,
+            buffers,
+            endpoints: endpoints.iter().map(|a| RawSockAddr::new(*a)).collect(),
+            connect_timeout,
+            retry_interval,
+            tick,
+            fds: Vec::new(),
+            spare_writes: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            timers: HashMap::new(),
+            timer_ids: HashMap::new(),
+            next_timer: 0,
+            to_try: Vec::new(),
+            trying: Vec::new(),
+            events: Vec::with_capacity(EVENTS),
+            ready: Vec::new(),
+            in_flight: 0,
+        })
+    }
+
+    fn fd(&mut self, fd: RawFd) -> &mut FdOps {
+        let i = fd as usize;
+        if i >= self.fds.len() {
+            self.fds.resize_with(i + 1, FdOps::default);
+        }
+        &mut self.fds[i]
+    }
+
+    /// Records a new op on `fd`'s `side`, to be tried on the next wait.
+    fn fresh(&mut self, fd: RawFd, side: u8) {
+        let f = self.fd(fd);
+        let queued = f.fresh != 0;
+        f.fresh |= side;
+        if !queued {
+            self.to_try.push(fd);
+        }
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32, more: bool, buffer: Option<u16>) {
+        self.ready.push(Completion {
+            user_data,
+            res,
+            more,
+            notif: false,
+            buffer,
+        });
+    }
+
+    fn add_timer(&mut self, after: Duration, user_data: u64, kind: TimerKind) -> u64 {
+        let id = self.next_timer;
+        self.next_timer += 1;
+        self.deadlines
+            .push(Reverse((crate::deadline::after(Instant::now(), after), id)));
+        self.timers.insert(id, Timer { user_data, kind });
+        self.timer_ids.insert(user_data, id);
+        id
+    }
+
+    fn remove_timer(&mut self, id: u64) -> Option<Timer> {
+        let t = self.timers.remove(&id)?;
+        if self.timer_ids.get(&t.user_data) == Some(&id) {
+            self.timer_ids.remove(&t.user_data);
+        }
+        Some(t)
+    }
+
+    fn write_box(&mut self, op: WriteOp) -> Box<WriteOp> {
+        match self.spare_writes.pop() {
+            Some(mut b) => {
+                *b = op;
+                b
+            }
+            None => Box::new(op),
+        }
+    }
+
+    /// The read-side op of `fd` ends with `res`.
+    fn finish_read(&mut self, fd: RawFd, res: i32, buffer: Option<u16>) {
+        let f = self.fd(fd);
+        let user_data = std::mem::take(&mut f.read);
+        f.read_op = ReadOp::None;
+        self.complete(user_data, res, false, buffer);
+    }
+
+    fn finish_hup(&mut self, fd: RawFd, res: i32) {
+        let user_data = std::mem::take(&mut self.fd(fd).hup);
+        self.complete(user_data, res, false, None);
+    }
+
+    /// The write-side op of `fd` ends with `res`; a connect's timeout is cancelled, or
+    /// (`timed_out`) reports that it fired.
+    fn finish_write(&mut self, fd: RawFd, res: i32, timed_out: bool) {
+        let Some(op) = self.fd(fd).write.take() else {
+            return;
+        };
+        match *op {
+            WriteOp::Send { user_data, .. } => self.complete(user_data, res, false, None),
+            WriteOp::Connect {
+                user_data,
+                timeout_user_data,
+                timer,
+                ..
+            } => {
+                self.remove_timer(timer);
+                self.complete(user_data, res, false, None);
+                let t = if timed_out {
+                    -libc::ETIME
+                } else {
+                    -libc::ECANCELED
+                };
+                self.complete(timeout_user_data, t, false, None);
+            }
+        }
+        self.spare_writes.push(op);
+    }
+
+    /// Tries the ops of `fd` on the sides given.
+    fn try_fd(&mut self, fd: RawFd, sides: u8) {
+        if !self.fd(fd).watched {
+            match calls::watch(self.epfd.as_raw_fd(), fd) {
+                Ok(_) => self.fd(fd).watched = true,
+                Err(libc::EEXIST) => self.fd(fd).watched = true,
+                Err(e) => {
+                    self.cancel_fd_ops(fd, -e);
+                    return;
+                }
+            }
+        }
+        if sides & FRESH_READ != 0 {
+            self.try_read(fd);
+        }
+        if sides & FRESH_WRITE != 0 {
+            self.try_write(fd);
+        }
+        if sides & FRESH_HUP != 0 {
+            self.try_hup(fd);
+        }
+    }
+
+    fn try_read(&mut self, fd: RawFd) {
+        let f = self.fd(fd);
+        let (user_data, op) = (f.read, f.read_op);
+        match op {
+            ReadOp::None => {}
+            ReadOp::Accept => {
+                for _ in 0..ACCEPT_BATCH {
+                    match calls::accept(fd) {
+                        Ok(client) => self.complete(user_data, client as i32, true, None),
+                        Err(libc::EAGAIN) => return,
+                        Err(e) => return self.finish_read(fd, -e, None),
+                    }
+                }
+                // More may wait; no new edge will say so.
+                self.fresh(fd, FRESH_READ);
+            }
+            ReadOp::Recv | ReadOp::Probe => {
+                let probe = op == ReadOp::Probe;
+                match self.buffers.pop_free() {
+                    Some(slot) => {
+                        let len = self.buffers.slot_size();
+                        let buf = self.buffers.free_slot_ptr(slot);
+                        match calls::recv(fd, buf, len) {
+                            Ok(n) if n > 0 => self.finish_read(fd, n as i32, Some(slot)),
+                            r => {
+                                self.buffers.unpop(slot);
+                                self.after_empty_read(fd, r, probe, 0);
+                            }
+                        }
+                    }
+                    // No free slot: io_uring fails the receive with ENOBUFS once data
+                    // is there, and not before.
+                    None => {
+                        let r = calls::peek(fd);
+                        self.after_empty_read(fd, r, probe, -libc::ENOBUFS);
+                    }
+                }
+            }
+            ReadOp::Wake => match calls::read_counter(fd) {
+                Ok(n) => self.finish_read(fd, n as i32, None),
+                Err(libc::EAGAIN) => {}
+                Err(e) => self.finish_read(fd, -e, None),
+            },
+        }
+    }
+
+    /// A receive found no data it could keep: `r` is the call's outcome, `data_res`
+    /// what data waiting means (`-ENOBUFS` after a peek).
+    fn after_empty_read(&mut self, fd: RawFd, r: Sys, probe: bool, data_res: i32) {
+        match r {
+            Ok(0) => self.finish_read(fd, 0, None),
+            Ok(_) => self.finish_read(fd, data_res, None),
+            Err(libc::EAGAIN) if probe => self.finish_read(fd, -libc::EAGAIN, None),
+            Err(libc::EAGAIN) => {}
+            Err(e) => self.finish_read(fd, -e, None),
+        }
+    }
+
+    fn try_write(&mut self, fd: RawFd) {
+        let Some(mut op) = self.fd(fd).write.take() else {
+            return;
+        };
+        let outcome = match &mut *op {
+            WriteOp::Send { iov, parts, .. } => match calls::sendmsg(fd, &iov[..*parts]) {
+                Ok(n) => Some(n as i32),
+                Err(libc::EAGAIN) => None,
+                Err(e) => Some(-e),
+            },
+            WriteOp::Connect {
+                started: started @ false,
+                endpoint,
+                ..
+            } => match calls::connect(fd, &self.endpoints[*endpoint]) {
+                Ok(_) => Some(0),
+                Err(libc::EINPROGRESS) => {
+                    *started = true;
+                    None
+                }
+                Err(e) => Some(-e),
+            },
+            // Writable (or failed) after EINPROGRESS: SO_ERROR says how it ended.
+            WriteOp::Connect { .. } => match sys::socket_error(fd) {
+                Some(e) if e != 0 => Some(-e),
+                _ if sys::peer_addr(fd).is_ok() => Some(0),
+                _ => None,
+            },
+        };
+        self.fd(fd).write = Some(op);
+        if let Some(res) = outcome {
+            self.finish_write(fd, res, false);
+        }
+    }
+
+    fn try_hup(&mut self, fd: RawFd) {
+        if self.fd(fd).hup == 0 {
+            return;
+        }
+        let ev = calls::hangup_events(fd);
+        if ev != 0 {
+            self.finish_hup(fd, i32::from(ev));
+        }
+    }
+
+    /// Ends every op on `fd` with `res`; returns how many there were.
+    fn cancel_fd_ops(&mut self, fd: RawFd, res: i32) -> usize {
+        let mut n = 0;
+        let f = self.fd(fd);
+        if f.read != 0 {
+            n += 1;
+            self.finish_read(fd, res, None);
+        }
+        if self.fd(fd).hup != 0 {
+            n += 1;
+            self.finish_hup(fd, res);
+        }
+        if self.fd(fd).write.is_some() {
+            n += 1;
+            self.finish_write(fd, res, false);
+        }
+        n
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(t) = self.remove_timer(id) else {
+                continue; // cancelled
+            };
+            match t.kind {
+                TimerKind::Once => self.complete(t.user_data, -libc::ETIME, false, None),
+                TimerKind::Tick => {
+                    self.complete(t.user_data, -libc::ETIME, true, None);
+                    self.add_timer(self.tick, t.user_data, TimerKind::Tick);
+                }
+                TimerKind::ConnectTimeout(fd) => {
+                    self.finish_write(fd, -libc::ECANCELED, true);
+                }
+            }
+        }
+    }
+
+    /// Milliseconds to the next timer (rounded up), or -1 for none.
+    fn wait_ms(&self, now: Instant) -> i32 {
+        match self.deadlines.peek() {
+            None => -1,
+            Some(&Reverse((at, _))) => {
+                let us = at.saturating_duration_since(now).as_micros();
+                us.div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        }
+    }
+}
+
+impl Driver for Epoll {
+    fn buffers(&self) -> &BufferRegistry {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut BufferRegistry {
+        &mut self.buffers
+    }
+
+    fn accept(&mut self, fd: RawFd, user_data: u64) {
+        self.in_flight += 1;
+        let f = self.fd(fd);
+        debug_assert_eq!(f.read, 0, "two read-side ops on fd {fd}");
+        (f.read, f.read_op) = (user_data, ReadOp::Accept);
+        self.fresh(fd, FRESH_READ);
+    }
+
+    fn recv(&mut self, fd: RawFd, dont_wait: bool, user_data: u64) {
+        self.in_flight += 1;
+        let f = self.fd(fd);
+        debug_assert_eq!(f.read, 0, "two read-side ops on fd {fd}");
+        f.read = user_data;
+        f.read_op = if dont_wait {
+            ReadOp::Probe
+        } else {
+            ReadOp::Recv
+        };
+        self.fresh(fd, FRESH_READ);
+    }
+
+    fn send(&mut self, fd: RawFd, _op: SendOp, part: Pending, user_data: u64) {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        iov[0] = libc::iovec {
+            iov_base: self.buffers.ptr(part).cast_mut().cast(),
+            iov_len: part.len(),
+        };
+        self.start_send(fd, user_data, iov, 1);
+    }
+
+    fn send_queue(&mut self, fd: RawFd, queue: &SlotQueue, user_data: &dyn Fn(u16) -> u64) {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        let mut parts = 0;
+        for (v, p) in iov.iter_mut().zip(self.buffers.pending(queue)) {
+            *v = libc::iovec {
+                iov_base: self.buffers.ptr(p).cast_mut().cast(),
+                iov_len: p.len(),
+            };
+            parts += 1;
+        }
+        self.start_send(fd, user_data(0), iov, parts);
+    }
+
+    fn release_msg(&mut self, _id: u16) {}
+
+    fn connect(&mut self, fd: RawFd, endpoint: usize, user_data: u64, timeout_user_data: u64) {
+        self.in_flight += 2;
+        let timer = self.add_timer(
+            self.connect_timeout,
+            timeout_user_data,
+            TimerKind::ConnectTimeout(fd),
+        );
+        let op = self.write_box(WriteOp::Connect {
+            user_data,
+            timeout_user_data,
+            timer,
+            endpoint,
+            started: false,
+        });
+        let f = self.fd(fd);
+        debug_assert!(f.write.is_none(), "two write-side ops on fd {fd}");
+        f.write = Some(op);
+        self.fresh(fd, FRESH_WRITE);
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
+        self.in_flight += 1;
+        let n = self.cancel_fd_ops(fd, -libc::ECANCELED);
+        self.complete(user_data, cancel_result(n), false, None);
+    }
+
+    fn cancel_op(&mut self, target: u64, user_data: u64) {
+        self.in_flight += 1;
+        let mut found = false;
+        if let Some(id) = self.timer_ids.get(&target).copied() {
+            if let Some(t) = self.remove_timer(id) {
+                found = true;
+                match t.kind {
+                    TimerKind::ConnectTimeout(fd) => self.finish_write(fd, -libc::ECANCELED, false),
+                    _ => self.complete(target, -libc::ECANCELED, false, None),
+                }
+            }
+        }
+        if !found {
+            // Not a timer: an fd's op (rare; the worker cancels timers by id).
+            let fd = self.fds.iter().position(|f| {
+                f.read == target
+                    || f.hup == target
+                    || matches!(f.write.as_deref(), Some(WriteOp::Send { user_data, .. }
+                        | WriteOp::Connect { user_data, .. }) if *user_data == target)
+            });
+            if let Some(fd) = fd {
+                let fd = fd as RawFd;
+                found = true;
+                if self.fd(fd).read == target {
+                    self.finish_read(fd, -libc::ECANCELED, None);
+                } else if self.fd(fd).hup == target {
+                    self.finish_hup(fd, -libc::ECANCELED);
+                } else {
+                    self.finish_write(fd, -libc::ECANCELED, false);
+                }
+            }
+        }
+        let res = if found { 0 } else { -libc::ENOENT };
+        self.complete(user_data, res, false, None);
+    }
+
+    fn cancel_all(&mut self, user_data: u64) {
+        self.in_flight += 1;
+        let mut n = 0;
+        for fd in 0..self.fds.len() {
+            if !self.fds[fd].is_idle() {
+                n += self.cancel_fd_ops(fd as RawFd, -libc::ECANCELED);
+            }
+        }
+        let ids: Vec<u64> = self.timers.keys().copied().collect();
+        for id in ids {
+            if let Some(t) = self.remove_timer(id) {
+                n += 1;
+                self.complete(t.user_data, -libc::ECANCELED, false, None);
+            }
+        }
+        self.complete(user_data, cancel_result(n), false, None);
+    }
+
+    fn retry_timer(&mut self, user_data: u64) {
+        self.in_flight += 1;
+        self.add_timer(self.retry_interval, user_data, TimerKind::Once);
+    }
+
+    fn tick(&mut self, user_data: u64, one_shot: bool) {
+        self.in_flight += 1;
+        let kind = if one_shot {
+            TimerKind::Once
+        } else {
+            TimerKind::Tick
+        };
+        self.add_timer(self.tick, user_data, kind);
+    }
+
+    fn watch_hangup(&mut self, fd: RawFd, user_data: u64) {
+        self.in_flight += 1;
+        let f = self.fd(fd);
+        debug_assert_eq!(f.hup, 0, "two hang-up watches on fd {fd}");
+        f.hup = user_data;
+        self.fresh(fd, FRESH_HUP);
+    }
+
+    fn wait_wake(&mut self, eventfd: RawFd, user_data: u64) {
+        self.in_flight += 1;
+        if !self.fd(eventfd).watched {
+            // Read only when readable: a blocking read would stall the worker.
+            if let Err(e) = calls::set_nonblocking(eventfd) {
+                return self.complete(user_data, -e, false, None);
+            }
+        }
+        let f = self.fd(eventfd);
+        (f.read, f.read_op) = (user_data, ReadOp::Wake);
+        self.fresh(eventfd, FRESH_READ);
+    }
+
+    fn release_fd(&mut self, fd: RawFd, closing: bool) {
+        let epfd = self.epfd.as_raw_fd();
+        let f = self.fd(fd);
+        debug_assert!(f.is_idle(), "fd {fd} released with an op pending");
+        if std::mem::take(&mut f.watched) && !closing {
+            // It lives on elsewhere (the warm pool): no edge of it may reach this set.
+            let _ = calls::unwatch(epfd, fd);
+        }
+    }
+
+    fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    fn add_endpoint(&mut self, addr: SocketAddr) {
+        self.endpoints.push(RawSockAddr::new(addr));
+    }
+
+    fn set_dial_timeouts(&mut self, connect_timeout: Duration, retry_interval: Duration) {
+        self.connect_timeout = connect_timeout;
+        self.retry_interval = retry_interval;
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn submit_and_wait(&mut self) -> io::Result<Entered> {
+        std::mem::swap(&mut self.to_try, &mut self.trying);
+        for i in 0..self.trying.len() {
+            let fd = self.trying[i];
+            let sides = std::mem::take(&mut self.fd(fd).fresh);
+            self.try_fd(fd, sides);
+        }
+        self.trying.clear();
+        let timeout = if self.ready.is_empty() && self.to_try.is_empty() {
+            self.wait_ms(Instant::now())
+        } else {
+            0
+        };
+        match calls::wait(self.epfd.as_raw_fd(), &mut self.events, timeout) {
+            Ok(_) => {}
+            Err(libc::EINTR) => return Ok(Entered::Retry),
+            Err(e) => return Err(io::Error::from_raw_os_error(e)),
+        }
+        for i in 0..self.events.len() {
+            let ev = self.events[i];
+            let (fd, bits) = (ev.u64 as RawFd, ev.events as i32);
+            if fd as usize >= self.fds.len() || self.fds[fd as usize].is_idle() {
+                continue;
+            }
+            let failed = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+            let mut sides = 0;
+            if failed || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
+                sides |= FRESH_READ | FRESH_HUP;
+            }
+            if failed || bits & libc::EPOLLOUT != 0 {
+                sides |= FRESH_WRITE;
+            }
+            self.try_fd(fd, sides);
+        }
+        self.fire_timers(Instant::now());
+        Ok(Entered::Ok)
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        for c in self.ready.drain(..) {
+            if !c.more {
+                self.in_flight -= 1;
+            }
+            out.push(c);
+        }
+    }
+}
+
+impl Epoll {
+    fn start_send(&mut self, fd: RawFd, user_data: u64, iov: [libc::iovec; MAX_IOV], parts: usize) {
+        self.in_flight += 1;
+        let op = self.write_box(WriteOp::Send {
+            user_data,
+            iov,
+            parts,
+        });
+        let f = self.fd(fd);
+        debug_assert!(f.write.is_none(), "two write-side ops on fd {fd}");
+        f.write = Some(op);
+        self.fresh(fd, FRESH_WRITE);
+    }
+}
+
+/// What a cancel op completes with: how many it cancelled, or `-ENOENT`.
+fn cancel_result(n: usize) -> i32 {
+    if n == 0 {
+        -libc::ENOENT
+    } else {
+        n as i32
+    }
+}
