@@ -217,6 +217,13 @@ impl Reloader {
 /// The changes between `old` and `new` that a reload cannot apply.
 fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if old.data_plane != new.data_plane {
+        out.push(format!(
+            "data_plane {} -> {}",
+            old.data_plane.name(),
+            new.data_plane.name()
+        ));
+    }
     let (a, b) = (old.workers.resolve(), new.workers.resolve());
     if a != b {
         out.push(format!("workers {a} -> {b}"));

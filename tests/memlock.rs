@@ -1,14 +1,17 @@
-//! The memlock fallback: with a locked-memory limit (1 MiB) that fits the ring but not the
-//! 64 MB buffer region, and no
-//! CAP_IPC_LOCK, the proxy warns once, runs with unregistered buffers and plain sends, and
-//! still relays byte-exact. Runs the real binary under `prlimit` (and `setpriv` as root).
+//! Locked memory, step by step: the real binary under `prlimit` (and, as root, `setpriv`
+//! to drop CAP_IPC_LOCK or to run as a non-root user) gets the best data plane the limit
+//! allows, says which in one line, warns once naming `RLIMIT_MEMLOCK`, the limit and the
+//! bytes needed, and relays byte-exact; an explicit `--data-plane io_uring` that cannot
+//! run exits 1 with the cause.
 
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -20,84 +23,240 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn memlock_fallback_still_relays() {
-    if !have_tool("prlimit", "util-linux") || !have_tool("setpriv", "util-linux") {
-        return;
+/// Who the proxy runs as.
+#[derive(Clone, Copy)]
+enum As {
+    /// This user, less CAP_IPC_LOCK when root (root bypasses the memlock charge with it).
+    Caller,
+    /// A user id of its own, so no other process shares its locked-memory account
+    /// (io_uring charges RLIMIT_MEMLOCK per user, across processes).
+    User(u32),
+}
+
+struct Limited {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Limited {
+    /// Reads the log until a line contains `marker`; `None` if the process ended first.
+    fn line(&mut self, marker: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.log.iter().find(|l| l.contains(marker)) {
+                return Some(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no `{marker}` in the log:\n{}", self.log.join("\n"))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
     }
-    let up = Upstream::echo();
+
+    fn listen_addr(&mut self) -> SocketAddr {
+        let line = self.line("listening").expect("the proxy starts");
+        line.split("addr=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in `{line}`"))
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary with `memlock` bytes of locked memory, as `who`, with `args`; `None` (and a
+/// message) where the tools or the privileges for it are missing.
+fn start(memlock: u64, who: As, args: &[&str]) -> Option<Limited> {
+    if !have_tool("prlimit", "util-linux") || !have_tool("setpriv", "util-linux") {
+        return None;
+    }
+    let root = is_root();
+    if matches!(who, As::User(_)) && !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "running the proxy as another user needs root under CI"
+        );
+        eprintln!("skipping: running the proxy as another user needs root");
+        return None;
+    }
+    // Another user must be able to run it: a copy in a directory anyone may enter.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("sssonector");
+    std::fs::copy(env!("CARGO_BIN_EXE_sssonector"), &bin).expect("copy the binary");
     let mut cmd = Command::new("prlimit");
-    cmd.arg("--memlock=1048576:1048576").arg("--");
-    if is_root() {
-        // Root bypasses the memlock charge through CAP_IPC_LOCK; drop it for the child.
-        cmd.args([
-            "setpriv",
-            "--bounding-set=-ipc_lock",
-            "--inh-caps=-ipc_lock",
-            "--",
-        ]);
+    cmd.arg(format!("--memlock={memlock}:{memlock}")).arg("--");
+    match who {
+        As::Caller if root => {
+            cmd.args([
+                "setpriv",
+                "--bounding-set=-ipc_lock",
+                "--inh-caps=-ipc_lock",
+                "--",
+            ]);
+        }
+        As::Caller => {}
+        As::User(uid) => {
+            let id = uid.to_string();
+            cmd.args([
+                "setpriv",
+                "--reuid",
+                &id,
+                "--regid",
+                &id,
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ]);
+        }
     }
     let mut child = cmd
-        .arg(env!("CARGO_BIN_EXE_sssonector"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.addr.to_string(),
-            "--workers",
-            "1",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .arg(&bin)
+        .args(args)
         .env("SSSONECTOR_LOG", "info")
+        .env_remove("SSSONECTOR_DATA_PLANE")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sssonector under prlimit");
     let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut warning = None;
-    let mut addr: Option<SocketAddr> = None;
-    for line in lines.by_ref() {
-        let line = line.expect("log line");
-        if line.contains("cannot register") {
-            warning = Some(line.clone());
-        }
-        if let Some(rest) = line.split("addr=").nth(1) {
-            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            break;
-        }
-    }
-    // The warning comes from the worker once it starts; read on until it shows.
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = tx.send(line);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
     });
-    let addr = addr.expect("the proxy logs its listen address");
+    Some(Limited {
+        child,
+        lines,
+        log: Vec::new(),
+        _dir: dir,
+    })
+}
+
+fn proxy_args(up: SocketAddr, workers: &str) -> Vec<String> {
+    [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up.to_string(),
+        "--workers",
+        workers,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// 8 MiB through the proxy and back, byte-exact.
+fn relays_byte_exact(addr: SocketAddr) {
     let mut payload = vec![0u8; 8 << 20];
     Pattern::new(5).fill(&mut payload);
     let payload = Arc::new(payload);
     let mut c = connect_timed(addr).expect("connect");
-    let mut w = c.try_clone().unwrap();
+    let mut w = c.try_clone().expect("clone");
     let p = payload.clone();
     let writer = std::thread::spawn(move || {
-        w.write_all(&p).unwrap();
-        w.shutdown(std::net::Shutdown::Write).unwrap();
+        w.write_all(&p).expect("write");
+        w.shutdown(std::net::Shutdown::Write).expect("shutdown");
     });
     let back = read_to_end(&mut c).expect("echo");
-    writer.join().unwrap();
-    assert!(back == *payload, "byte-exact through unregistered buffers");
-    let _ = child.kill();
-    let _ = child.wait();
-    let warning = warning.or_else(|| rx.try_iter().find(|l| l.contains("cannot register")));
-    let warning = warning.expect("one memlock warning");
-    assert!(
-        warning.contains("locked-memory limit is 1048576 bytes"),
-        "{warning}"
+    writer.join().expect("writer");
+    assert!(back == *payload, "byte-exact");
+}
+
+fn run(memlock: u64, who: As, workers: &str) -> Option<Limited> {
+    let up = Upstream::echo();
+    let args = proxy_args(up.addr, workers);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = start(memlock, who, &args)?;
+    let addr = p.listen_addr();
+    relays_byte_exact(addr);
+    // The upstream lives until here: the proxy's pool dialed it.
+    drop(up);
+    Some(p)
+}
+
+#[test]
+fn a_limit_that_fits_the_rings_but_not_the_buffers_runs_unregistered() {
+    let Some(mut p) = run(1 << 20, As::Caller, "1") else {
+        return;
+    };
+    let plane = p.line("data plane:").expect("the data plane line");
+    assert!(plane.contains("data plane: io_uring"), "{plane}");
+    assert!(plane.contains("unregistered"), "{plane}");
+    let warning = p.line("RLIMIT_MEMLOCK").expect("one memlock warning");
+    assert!(warning.contains("is 1048576 bytes"), "{warning}");
+    assert!(warning.contains("needs"), "the bytes needed: {warning}");
+    assert!(warning.contains("CAP_IPC_LOCK"), "how to fix it: {warning}");
+    assert!(!warning.contains("Linux >="), "no wrong cause: {warning}");
+    assert_eq!(
+        p.log
+            .iter()
+            .filter(|l| l.contains("RLIMIT_MEMLOCK"))
+            .count(),
+        1,
+        "warned once: {:#?}",
+        p.log
     );
-    assert!(
-        warning.contains("memlock"),
-        "the warning says how to fix it: {warning}"
-    );
+}
+
+/// Docker's `--ulimit memlock=65536` for a non-root user, outside Docker: two workers
+/// get io_uring with smaller rings, and the warning says why.
+#[test]
+fn non_root_with_docker_s_limit_serves() {
+    let Some(mut p) = run(65536, As::User(61001), "2") else {
+        return;
+    };
+    let plane = p.line("data plane:").expect("the data plane line");
+    assert!(plane.contains("data plane: io_uring"), "{plane}");
+    let warning = p.line("RLIMIT_MEMLOCK").expect("one memlock warning");
+    assert!(warning.contains("is 65536 bytes"), "{warning}");
+    assert!(warning.contains("needs"), "the bytes needed: {warning}");
+    assert!(!warning.contains("Linux >="), "no wrong cause: {warning}");
+}
+
+/// Too little even for the smallest rings: epoll, with the numbers.
+#[test]
+fn too_little_locked_memory_falls_back_to_epoll() {
+    let Some(mut p) = run(8192, As::User(61002), "2") else {
+        return;
+    };
+    let plane = p.line("data plane:").expect("the data plane line");
+    assert!(plane.contains("data plane: epoll"), "{plane}");
+    let warning = p.line("RLIMIT_MEMLOCK").expect("the fallback warning");
+    assert!(warning.contains("is 8192 bytes"), "{warning}");
+    assert!(warning.contains("epoll"), "{warning}");
+}
+
+#[test]
+fn an_explicit_io_uring_that_cannot_run_exits_1() {
+    let up = Upstream::echo();
+    let mut args = proxy_args(up.addr, "2");
+    args.extend(["--data-plane".to_string(), "io_uring".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(mut p) = start(8192, As::User(61003), &args) else {
+        return;
+    };
+    let status = p.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "{:#?}", p.log);
+    let why = p.line("RLIMIT_MEMLOCK").expect("the cause");
+    assert!(why.contains("io_uring is unavailable"), "{why}");
+    assert!(why.contains("is 8192 bytes"), "{why}");
 }

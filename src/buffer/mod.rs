@@ -613,6 +613,38 @@ mod tests {
         }
     }
 
+    /// A provided ring smaller than the slots (a tight memlock limit): the free slots
+    /// beyond it wait in the free list and move in as the kernel takes slots out, so the
+    /// ring stays full while any slot is free.
+    #[test]
+    fn a_small_ring_is_topped_up_from_the_free_list() {
+        let mut r = registry(8);
+        // What `register` sets up, less the registration (no kernel reads this ring).
+        r.provision = Provision::Ring {
+            map: Mapping::new(4096).expect("mmap"),
+            mask: 3,
+            tail: 0,
+            in_ring: 0,
+        };
+        r.top_up_ring();
+        let in_ring = |r: &BufferRegistry| match r.provision {
+            Provision::Ring { in_ring, .. } => in_ring,
+            Provision::FreeList => 0,
+        };
+        assert_eq!((in_ring(&r), r.free.len()), (4, 4));
+        // The kernel hands out the ring's slots in order: 0, 1, 2, 3.
+        for slot in 0..4 {
+            r.take(slot);
+        }
+        assert_eq!((in_ring(&r), r.free.len()), (4, 0), "refilled from the list");
+        for slot in 4..8 {
+            r.take(slot);
+        }
+        assert_eq!((in_ring(&r), r.in_use()), (0, 8), "every slot out");
+        assert!(r.release(5));
+        assert_eq!((in_ring(&r), r.free.len()), (1, 0), "a freed slot goes to the ring");
+    }
+
     #[test]
     fn a_zero_copy_reference_keeps_the_slot_out_of_the_ring() {
         let mut r = registry(2);

@@ -203,7 +203,7 @@ pub fn plan(
             Err(ProxyError::UringUnavailable(why))
         } else {
             Ok(epoll(Some(format!(
-                "io_uring is unavailable, running the epoll data plane: {why}"
+                "io_uring is unavailable, so the epoll data plane runs instead. Cause: {why}"
             ))))
         }
     };
