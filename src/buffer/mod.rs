@@ -636,13 +636,21 @@ mod tests {
         for slot in 0..4 {
             r.take(slot);
         }
-        assert_eq!((in_ring(&r), r.free.len()), (4, 0), "refilled from the list");
+        assert_eq!(
+            (in_ring(&r), r.free.len()),
+            (4, 0),
+            "refilled from the list"
+        );
         for slot in 4..8 {
             r.take(slot);
         }
         assert_eq!((in_ring(&r), r.in_use()), (0, 8), "every slot out");
         assert!(r.release(5));
-        assert_eq!((in_ring(&r), r.free.len()), (1, 0), "a freed slot goes to the ring");
+        assert_eq!(
+            (in_ring(&r), r.free.len()),
+            (1, 0),
+            "a freed slot goes to the ring"
+        );
     }
 
     #[test]

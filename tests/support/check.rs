@@ -15,11 +15,13 @@ pub fn temp_config(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
-/// The binary with `args`, its log at warn; waits for it to exit.
+/// The binary with `args`, its log at warn; waits for it to exit. The data plane is the
+/// default one (`auto`): what `check` prints must not depend on the suite's driver pass.
 pub fn sssonector(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sssonector"))
         .args(args)
         .env("SSSONECTOR_LOG", "warn")
+        .env_remove("SSSONECTOR_DATA_PLANE")
         .output()
         .expect("run sssonector")
 }
