@@ -382,3 +382,87 @@ fn keeps_every_series(regex: &str, exported: &[&str], file: &Path) {
         );
     }
 }
+
+/// The image's config (docker/config.yaml) has no listener: `SSSONECTOR_UPSTREAM` makes
+/// one on `SSSONECTOR_LISTEN` (default 0.0.0.0:8443); flags win over both.
+#[test]
+fn the_image_config_takes_its_listener_from_the_environment() {
+    let config = repo().join("docker/config.yaml");
+    let check = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sssonector"));
+        cmd.args(["check", "--config"]).arg(&config).args(flags);
+        cmd.env_remove("SSSONECTOR_UPSTREAM")
+            .env_remove("SSSONECTOR_LISTEN")
+            .env("SSSONECTOR_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        output(&mut cmd)
+    };
+    let out = check(&[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("listener"), "{}", text(&out));
+
+    let free = closed_port();
+    let listen = free.to_string();
+    let out = check(
+        &[
+            ("SSSONECTOR_UPSTREAM", "127.0.0.1:9001, 127.0.0.1:9002"),
+            ("SSSONECTOR_LISTEN", &listen),
+        ],
+        &[],
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&listen), "{said}");
+    assert!(said.contains("127.0.0.1:9002"), "{said}");
+    assert!(
+        said.contains("0.0.0.0:9090"),
+        "the admin server on every interface: {said}"
+    );
+
+    // A --listen/--upstream pair on the command line replaces the environment's.
+    let other = closed_port().to_string();
+    let out = check(
+        &[("SSSONECTOR_UPSTREAM", "127.0.0.1:9001")],
+        &["--listen", &other, "--upstream", "127.0.0.1:9005"],
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("127.0.0.1:9005") && !said.contains("127.0.0.1:9001"),
+        "{said}"
+    );
+}
+
+/// deploy/systemd/sssonector.service: systemd-analyze finds nothing to say about it
+/// (unknown keys are only warnings there, so any output fails), and its stop timeout
+/// outlasts the default drain.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/sssonector.service"))
+        .expect("unit file");
+    for key in [
+        "LimitMEMLOCK=infinity",
+        "LimitNOFILE=",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=30s",
+    ] {
+        assert!(unit.contains(key), "{key} is missing");
+    }
+    let Some(analyze) = tool_path("systemd-analyze", "systemd") else {
+        return;
+    };
+    // Verified with this test's binary in place of /usr/local/bin/sssonector (verify
+    // wants the executables to exist).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("sssonector.service");
+    let bin = env!("CARGO_BIN_EXE_sssonector");
+    std::fs::write(&file, unit.replace("/usr/local/bin/sssonector", bin)).expect("write");
+    let out = output(Command::new(analyze).arg("verify").arg(&file));
+    let said = text(&out);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
