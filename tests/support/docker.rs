@@ -31,7 +31,7 @@ fn under_ci() -> bool {
 /// Skips (false, with a message) or, under `CI=true`, fails when `what` is missing.
 pub fn require(found: bool, what: &str) -> bool {
     if !found {
-        assert!(!under_ci(), "{what} is required under CI");
+        assert!(!under_ci(), "required under CI=true: {what}");
         eprintln!("skipping: {what}");
     }
     found
@@ -209,8 +209,10 @@ impl HostConfig {
     /// One listener on a free loopback port in front of `upstream`, the admin server on
     /// another, one worker, a small buffer pool, a 1 s drain delay and `grace_period`.
     pub fn new(upstream: SocketAddr, grace_period: &str) -> HostConfig {
-        let listen = super::closed_port();
-        let admin = super::closed_port();
+        // Both bound at once, so the two free ports differ; released for the container.
+        let (a, b) = (bind_free(), bind_free());
+        let (listen, admin) = (a.local_addr().expect("addr"), b.local_addr().expect("addr"));
+        drop((a, b));
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("config.yaml");
         let yaml = format!(
@@ -236,6 +238,10 @@ impl HostConfig {
     pub fn mount(&self) -> String {
         format!("{}:/etc/sssonector/config.yaml:ro", self.file.display())
     }
+}
+
+fn bind_free() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")
 }
 
 pub fn set_mode(path: &Path, mode: u32) {
