@@ -21,6 +21,8 @@
 //! - [`telemetry`]: the Prometheus exposition: every metric described once, interval gauges.
 //! - [`view`]: the read-only view of a running proxy that the control plane uses.
 //! - [`admin`]: the admin HTTP server: `/metrics`, `/healthz`, `/readyz`, status page.
+//! - [`healthcheck`]: `sssonector healthcheck`: one probe of a running proxy's admin
+//!   server, exit 0/1, for a container HEALTHCHECK without a shell.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
 //! - [`reload`]: applying a new configuration to the running proxy.
 //! - [`logging`]: rate-limited logging of repeating errors.
@@ -45,6 +47,7 @@ pub mod demo;
 pub mod driver;
 pub mod error;
 pub mod health;
+pub mod healthcheck;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;

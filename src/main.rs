@@ -49,10 +49,31 @@ enum Command {
         #[arg(long, value_parser = sssonector::config::duration::parse)]
         duration: Option<Duration>,
     },
+    /// Ask a running proxy's admin server whether it is alive (`/healthz`) or, with
+    /// `--ready`, ready (`/readyz`); exit 0 or 1 with one line naming the address and the
+    /// cause. The container image's HEALTHCHECK: it needs no shell or curl. The address is
+    /// `--admin-listen`, else the `--config` file's `connection.monitoring.listen`.
+    Healthcheck {
+        /// Ask `/readyz` instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+        /// Give up (and fail) after this long, connect and answer included.
+        #[arg(long, default_value = "2s", value_parser = sssonector::config::duration::parse)]
+        timeout: Duration,
+    },
 }
 
+/// A container passes its upstream as `SSSONECTOR_UPSTREAM=host:port[,host:port...]`
+/// (and, optionally, its listen address as `SSSONECTOR_LISTEN`): the same listener as
+/// `--listen/--upstream`, for images whose command line is fixed.
+const UPSTREAM_ENV: &str = "SSSONECTOR_UPSTREAM";
+const LISTEN_ENV: &str = "SSSONECTOR_LISTEN";
+/// Where the env listener accepts when `SSSONECTOR_LISTEN` is not set: every interface,
+/// as a container's published port needs.
+const DEFAULT_ENV_LISTEN: &str = "0.0.0.0:8443";
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -61,8 +82,10 @@ fn main() -> ExitCode {
         }
     };
     sssonector::logging::init(cli.log_format);
+    listener_from_env(&mut cli);
 
     match cli.command {
+        Some(Command::Healthcheck { ready, timeout }) => healthcheck(&cli, ready, timeout),
         Some(Command::Demo { duration }) => report(sssonector::demo::run(duration)),
         Some(Command::Check) => match load_config(&cli) {
             Ok(config) => {
@@ -86,6 +109,50 @@ fn main() -> ExitCode {
             Ok(config) => report(run(config, cli)),
             Err(e) => report(Err(e)),
         },
+    }
+}
+
+/// Fills `--listen/--upstream` from `SSSONECTOR_UPSTREAM`/`SSSONECTOR_LISTEN` when neither
+/// flag is given. Flags win: the environment is the image's default, the command line the
+/// operator's choice.
+fn listener_from_env(cli: &mut Cli) {
+    if cli.listen.is_some() || !cli.upstream.is_empty() {
+        return;
+    }
+    let Ok(upstreams) = std::env::var(UPSTREAM_ENV) else {
+        return;
+    };
+    let upstreams: Vec<String> = upstreams
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect();
+    if upstreams.is_empty() {
+        return;
+    }
+    cli.listen = Some(std::env::var(LISTEN_ENV).unwrap_or_else(|_| DEFAULT_ENV_LISTEN.into()));
+    cli.upstream = upstreams;
+}
+
+/// `sssonector healthcheck`: 0 when the admin server answers 200, 1 otherwise.
+fn healthcheck(cli: &Cli, ready: bool, timeout: Duration) -> ExitCode {
+    use sssonector::healthcheck::{admin_address, check, Probe};
+    let probe = if ready { Probe::Ready } else { Probe::Health };
+    let result = admin_address(cli.config.as_deref(), cli.admin_listen.as_deref())
+        .and_then(|addr| check(addr, probe, timeout).map(|body| (addr, body)));
+    match result {
+        Ok((addr, body)) => {
+            println!(
+                "sssonector healthcheck: http://{addr}{}: {body}",
+                probe.path()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sssonector healthcheck: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

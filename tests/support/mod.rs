@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod check;
+pub mod docker;
 mod leak;
 mod process;
 #[allow(unused_imports)]
