@@ -285,10 +285,22 @@ pub fn listen_local(backlog: i32) -> TcpListener {
     s.into()
 }
 
-/// An address nothing listens on.
+/// An address nothing listens on, and nothing can: the port stays bound (not listening)
+/// by a socket kept for the life of the test process, so no other test's server can take
+/// it meanwhile and answer a dial that should be refused.
 pub fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("addr");
+    // Leaked on purpose: the port must stay taken; the process exit closes it.
+    std::mem::forget(s);
+    addr
 }
 
 /// A deterministic byte stream (xorshift) so a receiver can check what it gets without
