@@ -17,6 +17,8 @@
 //! - [`health`]: the prober thread (TCP connect with rise/fall thresholds).
 //! - [`relay`]: one session's two directions: receive, send, half-close, backpressure.
 //! - [`worker`]: one thread, one ring, its listeners, its table; the completion loop.
+//! - `shared`: the state the handle, the workers and the control threads share.
+//! - [`proxy`]: [`start`], [`ProxyHandle`] and [`ShutdownTrigger`].
 //! - [`metrics`]: counters and histograms each worker publishes, and the snapshot of them.
 //! - [`telemetry`]: the Prometheus exposition: every metric described once, interval gauges.
 //! - [`view`]: the read-only view of a running proxy that the control plane uses.
@@ -51,8 +53,10 @@ pub mod healthcheck;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;
+pub mod proxy;
 pub mod relay;
 pub mod reload;
+pub(crate) mod shared;
 pub mod signals;
 pub mod telemetry;
 pub mod upstream;
@@ -62,5 +66,5 @@ pub mod worker;
 pub use config::Config;
 pub use error::{ConfigError, ProxyError};
 pub use metrics::StatsSnapshot;
+pub use proxy::{start, ProxyHandle, ShutdownTrigger};
 pub use view::ProxyView;
-pub use worker::{start, ProxyHandle, ShutdownTrigger};

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use crate::config::{Config, ShutdownConfig};
 use crate::driver::Driver;
+use crate::shared::Shared;
 use crate::upstream::{self, Reconfigure, MAX_ENDPOINTS};
-use crate::worker::{Settings, Shared, Worker};
+use crate::worker::{Settings, Worker};
 
 /// Why a reload was refused; the running configuration is unchanged.
 #[derive(Debug, thiserror::Error)]

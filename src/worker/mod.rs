@@ -1,36 +1,34 @@
-//! One worker thread: one io_uring, its listener sockets, buffer registry and connection
-//! table (the warm pool is shared: [`Shared::pool`]); [`start`] (in `start.rs`) binds
-//! the listeners and spawns the workers; [`ProxyHandle`] (in `handle.rs`) runs them.
+//! One worker thread: one driver (io_uring or epoll), its listener sockets, buffer
+//! registry and connection table (the warm pool is shared: [`Shared::pool`]); `start.rs`
+//! builds a worker on its own thread ([`crate::proxy::start`] spawns them).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admission::{Admission, Admit, Ticket};
+use crate::admission::{Admit, Ticket};
 use crate::buffer::Registration;
-use crate::config::{Balance, HealthCheckConfig, SendMode};
+use crate::config::{Balance, SendMode};
 use crate::conn::{ConnTable, State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 use crate::deadline;
 use crate::driver::{self, sys, Completion, Driver, SendOp};
 use crate::error::ProxyError;
 use crate::logging::LogLimits;
 use crate::metrics::{EndpointCounters, PublishedCounters, WorkerCounters, WorkerHistograms};
-use crate::reload::LiveConfig;
-use crate::upstream::{self, keeper, Discard, EndpointTable, WarmPool};
+use crate::shared::Shared;
+use crate::upstream::{self, Discard, EndpointTable};
 
 use op::{OpKind, Token};
 
 mod close;
 mod connect;
-mod handle;
 pub(crate) mod op;
 mod start;
 
-pub use handle::{ProxyHandle, ShutdownTrigger};
-pub use start::start;
+pub(crate) use start::{spawn, WorkerParts};
 
 /// How often a worker publishes its counters, refills its pool and checks endpoint health.
 const TICK: Duration = Duration::from_millis(100);
@@ -38,81 +36,6 @@ const TICK: Duration = Duration::from_millis(100);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Slab key used by ops that belong to the worker, not to a session.
 const WORKER_KEY: usize = op::MAX_KEYS - 1;
-
-/// State shared by the handle, the workers and the health prober.
-pub(crate) struct Shared {
-    stop: AtomicBool,
-    /// A drain is under way (`/readyz` fails); set before `close_listeners`.
-    draining: AtomicBool,
-    /// Drain, second step: workers close their listeners and finish their sessions.
-    close_listeners: AtomicBool,
-    wake_fds: Vec<OwnedFd>,
-    pub admission: Admission,
-    pub endpoints: EndpointTable,
-    /// The warm pool, shared by every worker; its keeper thread watches it.
-    pub pool: WarmPool,
-    /// The settings workers apply, replaced by a reload; `live_generation` tells a worker
-    /// that it has not applied the latest yet.
-    pub live: Mutex<Arc<LiveConfig>>,
-    pub live_generation: AtomicU64,
-    /// Read by the prober on each round, replaced by a reload.
-    pub health_config: Mutex<HealthCheckConfig>,
-}
-
-impl Shared {
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
-    }
-
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    pub fn listeners_closing(&self) -> bool {
-        self.close_listeners.load(Ordering::Acquire)
-    }
-
-    /// Wakes worker `index` (it looks at its grants, the stop flag and endpoint health).
-    pub fn wake(&self, index: usize) {
-        if let Some(fd) = self.wake_fds.get(index) {
-            sys::eventfd_signal(fd.as_raw_fd());
-        }
-    }
-
-    /// Hands workers new settings (a reload) and wakes them to apply them.
-    pub fn publish_live(&self, live: LiveConfig) {
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
-        self.live_generation.fetch_add(1, Ordering::AcqRel);
-        self.wake_all();
-    }
-
-    pub fn wake_all(&self) {
-        for i in 0..self.wake_fds.len() {
-            self.wake(i);
-        }
-        self.pool.wake_keeper();
-    }
-}
-
-impl keeper::KeeperHost for Shared {
-    fn pool(&self) -> &WarmPool {
-        &self.pool
-    }
-
-    fn endpoints(&self) -> &EndpointTable {
-        &self.endpoints
-    }
-
-    fn stopping(&self) -> bool {
-        Shared::stopping(self)
-    }
-
-    fn wake_worker(&self, n: usize) {
-        if !self.wake_fds.is_empty() {
-            self.wake(n % self.wake_fds.len());
-        }
-    }
-}
 
 /// What a worker knows about one listener.
 pub(crate) struct WorkerListener {
