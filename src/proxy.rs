@@ -15,11 +15,13 @@ use crate::config::{Config, MonitoringConfig};
 use crate::driver::sys;
 use crate::error::ProxyError;
 use crate::metrics::{PublishedCounters, StatsSnapshot};
-use crate::reload::{LiveConfig, Reloader};
+use crate::reload::Reloader;
+use crate::session::Listener;
+use crate::settings::{LiveConfig, Settings};
 use crate::shared::Shared;
 use crate::upstream::{self, keeper, EndpointTable, WarmPool};
 use crate::view::ProxyView;
-use crate::worker::{self, Settings, WorkerListener, WorkerParts};
+use crate::worker::{self, WorkerParts};
 
 /// Warns when fewer sessions than `max_active` can hold every buffer of one worker
 /// (docs/design.md, "Pool sizing"): then clients that stop reading make that worker's
@@ -154,11 +156,11 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     for (index, socks) in sockets.into_iter().enumerate() {
         let counters = Arc::new(PublishedCounters::new(upstream::MAX_ENDPOINTS));
         published.push(counters.clone());
-        let listeners: Vec<WorkerListener> = socks
+        let listeners: Vec<Listener> = socks
             .into_iter()
             .zip(&listener_endpoints)
             .zip(&listen_addrs)
-            .map(|((fd, eps), (_, addr))| WorkerListener {
+            .map(|((fd, eps), (_, addr))| Listener {
                 fd,
                 endpoints: eps.clone(),
                 next: index,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::admission::Admission;
 use crate::config::HealthCheckConfig;
 use crate::driver::sys;
-use crate::reload::LiveConfig;
+use crate::settings::LiveConfig;
 use crate::upstream::{keeper, EndpointTable, WarmPool};
 
 /// State shared by the handle, the workers and the health prober.

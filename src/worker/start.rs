@@ -1,7 +1,6 @@
 //! A worker's start: its settings from the config, its driver built on its own thread,
 //! and its run.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
@@ -9,57 +8,22 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Settings, Shared, Worker, WorkerListener, TICK};
+use super::{Worker, WorkerOps};
 use crate::buffer::{BufferRegistry, Registration};
-use crate::config::Config;
-use crate::conn::ConnTable;
 use crate::driver::epoll::Epoll;
 use crate::driver::select::{self, Plan, UringSetup, RING_ENTRIES};
 use crate::driver::uring::{self, Ring};
-use crate::driver::{DataPlane, Driver, MAX_IOV};
+use crate::driver::{DataPlane, Driver};
 use crate::error::ProxyError;
-use crate::logging::LogLimits;
-use crate::metrics::{EndpointCounters, PublishedCounters, WorkerCounters, WorkerHistograms};
-
-impl Settings {
-    pub(crate) fn from_config(config: &Config) -> Settings {
-        let conn = &config.connection;
-        Settings {
-            max_in_flight: conn.buffer.max_in_flight.clamp(1, MAX_IOV),
-            send_mode: conn.buffer.send_mode,
-            pool_enabled: conn.pool.enabled && conn.pool.max_idle > 0,
-            session_idle_timeout: conn.session.idle_limit(),
-            send_timeout: conn.session.send_limit(),
-            queue_timeout: conn.pool.queue_timeout,
-            max_retries: conn.pool.max_retries,
-            retry_interval: conn.pool.retry_interval,
-            balance: conn.pool.balance,
-            health_enabled: conn.health_check.enabled,
-            sweep_every: sweep_period(config),
-        }
-    }
-}
-
-/// How often the sweep runs: a tenth of the shortest timer it serves, between 100 ms and 1 s.
-fn sweep_period(config: &Config) -> Duration {
-    let c = &config.connection;
-    let mut shortest = c.pool.idle_timeout.min(c.pool.queue_timeout);
-    if let Some(session) = c.session.idle_limit() {
-        shortest = shortest.min(session);
-    }
-    if let Some(send) = c.session.send_limit() {
-        shortest = shortest.min(send);
-    }
-    if c.health_check.enabled {
-        shortest = shortest.min(c.health_check.interval);
-    }
-    (shortest / 10).clamp(TICK, Duration::from_secs(1))
-}
+use crate::metrics::PublishedCounters;
+use crate::session::{Context, Listener};
+use crate::settings::{Settings, TICK};
+use crate::shared::Shared;
 
 /// What a worker is built from, whichever driver it gets.
 pub(crate) struct WorkerParts {
     pub index: usize,
-    pub listeners: Vec<WorkerListener>,
+    pub listeners: Vec<Listener>,
     pub settings: Settings,
     pub endpoint_addrs: Vec<SocketAddr>,
     pub published: Arc<PublishedCounters>,
@@ -111,34 +75,22 @@ fn run_worker<D: Driver>(
     let now = Instant::now();
     let endpoints = parts.endpoint_addrs.len();
     Worker {
-        index: parts.index,
-        driver,
-        table: ConnTable::default(),
-        listeners: parts.listeners,
-        pool_dialing: 0,
+        ctx: Context::new(
+            parts.index,
+            driver,
+            parts.listeners,
+            parts.settings,
+            parts.shared,
+            endpoints,
+            now,
+        ),
         live_generation: 0,
-        settings: parts.settings,
-        waiters: VecDeque::new(),
-        waiters_empty: VecDeque::new(),
-        holding: Vec::new(),
-        holder_armed: 0,
-        counters: WorkerCounters::default(),
-        histograms: WorkerHistograms::default(),
-        endpoint_counters: vec![EndpointCounters::default(); endpoints],
-        log_limits: LogLimits::default(),
-        debug_peers: HashMap::new(),
-        queued: VecDeque::new(),
         published: parts.published,
-        shared: parts.shared,
         wake_fd: parts.wake_fd,
-        stopping: false,
-        listeners_closed: false,
         cancelled_all: false,
+        ops: WorkerOps::default(),
         started: now,
-        now,
-        now_ms: 0,
         next_sweep: now,
-        woken: Vec::new(),
     }
     .run()
 }
