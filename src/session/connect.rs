@@ -87,7 +87,12 @@ impl<D: Driver> Context<D> {
         if s.state != State::PoolDial {
             s.state = State::Connecting;
         }
-        submit(&mut self.driver, s, id, Submit::Connect { fd, endpoint: ep });
+        submit(
+            &mut self.driver,
+            s,
+            id,
+            Submit::Connect { fd, endpoint: ep },
+        );
     }
 
     /// The session relays from now on.
@@ -156,7 +161,9 @@ impl<D: Driver> Context<D> {
             tracing::debug!(upstream = %addr, "upstream: connect failed: {}", std::io::Error::from_raw_os_error(-res));
         }
         count_connect_error(&mut self.counters, &self.shared.endpoints, ep);
-        if health && self.shared.endpoints.observe(ep.index(), false) == upstream::Transition::WentDown {
+        if health
+            && self.shared.endpoints.observe(ep.index(), false) == upstream::Transition::WentDown
+        {
             tracing::warn!(upstream = %addr, "upstream: dials keep failing, endpoint marked down");
             self.shared.wake_all();
         }
@@ -167,9 +174,10 @@ impl<D: Driver> Context<D> {
             // The reservation is over; finalize must not end it a second time.
             s.endpoint = EndpointId::NONE;
             self.pool_dialing -= 1;
-            self.shared
-                .pool
-                .dial_failed(ep.index(), deadline::after(self.now, self.settings.retry_interval));
+            self.shared.pool.dial_failed(
+                ep.index(),
+                deadline::after(self.now, self.settings.retry_interval),
+            );
             return self.begin_close(id, Close::Fin);
         }
         // A client's dial: another healthy endpoint at once, the same one after

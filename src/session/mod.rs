@@ -136,16 +136,35 @@ impl<D: Driver> Context<D> {
 /// What a session asks of the driver; see [`submit`].
 pub(crate) enum Submit<'a> {
     /// A dial of `endpoint`, with its timeout: two ops.
-    Connect { fd: RawFd, endpoint: EndpointId },
+    Connect {
+        fd: RawFd,
+        endpoint: EndpointId,
+    },
     RetryTimer,
     CancelRetryTimer,
     /// Cancels every op on `fd`.
     CancelFd(RawFd),
-    Recv { half: Half, fd: RawFd, probe: bool },
-    Send { half: Half, fd: RawFd, op: SendOp, part: Pending },
+    Recv {
+        half: Half,
+        fd: RawFd,
+        probe: bool,
+    },
+    Send {
+        half: Half,
+        fd: RawFd,
+        op: SendOp,
+        part: Pending,
+    },
     /// A vectored send of a queue's unsent parts.
-    SendQueue { half: Half, fd: RawFd, queue: &'a SlotQueue },
-    Hup { half: Half, fd: RawFd },
+    SendQueue {
+        half: Half,
+        fd: RawFd,
+        queue: &'a SlotQueue,
+    },
+    Hup {
+        half: Half,
+        fd: RawFd,
+    },
 }
 
 /// Submits an op of session `id` and counts it in flight: the only place that does.

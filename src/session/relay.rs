@@ -65,13 +65,7 @@ impl<D: Driver> Context<D> {
     /// nothing is being sent and the cap allows, probe for it before sending, so a bulk
     /// stream goes out in vectored sends of up to `max_in_flight` slots (fewer, larger
     /// writes cost the kernel less per byte) while each receive still takes one slot.
-    pub fn on_recv(
-        &mut self,
-        id: SessionId,
-        half: Half,
-        res: i32,
-        slot: Option<u16>,
-    ) {
+    pub fn on_recv(&mut self, id: SessionId, half: Half, res: i32, slot: Option<u16>) {
         let size = self.driver.buffers().slot_size();
         let cap = self.settings.max_in_flight;
         let Some(s) = self.table.get_mut(id) else {

@@ -347,12 +347,18 @@ mod tests {
         }
         assert_eq!(t.oldest_active().map(|o| o.0.key()), Some(keys[0]));
         t.touch(keys[0], 20);
-        assert_eq!(t.oldest_active().map(|o| (o.0.key(), o.1)), Some((keys[1], 11)));
+        assert_eq!(
+            t.oldest_active().map(|o| (o.0.key(), o.1)),
+            Some((keys[1], 11))
+        );
         t.remove(keys[1]);
         t.unlink(keys[2]);
         assert_eq!(t.oldest_active().map(|o| o.0.key()), Some(keys[3]));
         t.remove(keys[3]);
-        assert_eq!(t.oldest_active().map(|o| (o.0.key(), o.1)), Some((keys[0], 20)));
+        assert_eq!(
+            t.oldest_active().map(|o| (o.0.key(), o.1)),
+            Some((keys[0], 20))
+        );
         t.remove(keys[0]);
         assert_eq!(t.oldest_active(), None);
     }
