@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::HealthCheckConfig;
+use crate::shared::Shared;
 use crate::upstream::Transition;
-use crate::worker::Shared;
 
 /// Starts the prober; it stops when the proxy stops.
 pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {

@@ -10,13 +10,16 @@
 //!   choice between them and the locked-memory plan; the only `unsafe` outside `buffer`.
 //! - [`buffer`]: the per-worker buffer registry: one mmap'd region, registered as fixed
 //!   buffers and published as a provided-buffer ring; slot ownership and the ENOBUFS wait list.
-//! - [`conn`]: the per-worker connection table (slab with generations) and active list.
 //! - [`admission`]: the global `max_active` limit and its first-come queue.
 //! - [`upstream`]: endpoints (shared health table, balancing), the warm pool shared by every
 //!   worker, and its keeper thread (watches idle connections, expires, retires, flushes).
 //! - [`health`]: the prober thread (TCP connect with rise/fall thresholds).
-//! - [`relay`]: one session's two directions: receive, send, half-close, backpressure.
+//! - `session`: the session state machine: typed ids and ops, the table (slab with
+//!   generations) and active list, admission, dials, the relay of both halves, teardown.
+//! - `settings`: what a worker applies from the config, and what a reload hands it.
 //! - [`worker`]: one thread, one ring, its listeners, its table; the completion loop.
+//! - `shared`: the state the handle, the workers and the control threads share.
+//! - [`proxy`]: [`start`], [`ProxyHandle`] and [`ShutdownTrigger`].
 //! - [`metrics`]: counters and histograms each worker publishes, and the snapshot of them.
 //! - [`telemetry`]: the Prometheus exposition: every metric described once, interval gauges.
 //! - [`view`]: the read-only view of a running proxy that the control plane uses.
@@ -40,7 +43,6 @@ pub mod admission;
 #[allow(unsafe_code)]
 pub mod buffer;
 pub mod config;
-pub mod conn;
 pub mod deadline;
 pub mod demo;
 #[allow(unsafe_code)]
@@ -51,8 +53,11 @@ pub mod healthcheck;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;
-pub mod relay;
+pub mod proxy;
 pub mod reload;
+pub(crate) mod session;
+pub(crate) mod settings;
+pub(crate) mod shared;
 pub mod signals;
 pub mod telemetry;
 pub mod upstream;
@@ -62,5 +67,5 @@ pub mod worker;
 pub use config::Config;
 pub use error::{ConfigError, ProxyError};
 pub use metrics::StatsSnapshot;
+pub use proxy::{start, ProxyHandle, ShutdownTrigger};
 pub use view::ProxyView;
-pub use worker::{start, ProxyHandle, ShutdownTrigger};

@@ -15,14 +15,12 @@
 //!   restart: such a reload is refused whole, and the running configuration stays.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::config::{Config, ShutdownConfig};
-use crate::driver::Driver;
+use crate::settings::LiveConfig;
+use crate::shared::Shared;
 use crate::upstream::{self, Reconfigure, MAX_ENDPOINTS};
-use crate::worker::{Settings, Shared, Worker};
 
 /// Why a reload was refused; the running configuration is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -31,28 +29,6 @@ pub enum ReloadError {
     NeedsRestart(Vec<String>),
     #[error("reload refused: more than {MAX_ENDPOINTS} endpoints since start need a restart; the running configuration is unchanged")]
     TooManyEndpoints,
-}
-
-/// What the workers apply from a reload.
-#[derive(Clone)]
-pub(crate) struct LiveConfig {
-    pub settings: Settings,
-    /// Endpoint ids of each listener, in config order.
-    pub listener_endpoints: Vec<Vec<usize>>,
-    pub connect_timeout: Duration,
-    pub retry_interval: Duration,
-}
-
-impl LiveConfig {
-    pub fn new(config: &Config, listener_endpoints: Vec<Vec<usize>>) -> LiveConfig {
-        let pool = &config.connection.pool;
-        LiveConfig {
-            settings: Settings::from_config(config),
-            listener_endpoints,
-            connect_timeout: pool.connect_timeout,
-            retry_interval: pool.retry_interval,
-        }
-    }
 }
 
 /// What a reload changed, for the log.
@@ -260,46 +236,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         out.push("connection.monitoring (the admin server is set up at start)".into());
     }
     out
-}
-
-impl<D: Driver> Worker<D> {
-    /// Takes the latest [`LiveConfig`]: grows the per-endpoint tables, then switches the
-    /// listeners' endpoint lists, settings and timeouts. Sessions are not touched, and
-    /// the shared warm pool was reconfigured by the reload itself.
-    pub(crate) fn apply_live_config(&mut self) {
-        // The generation first: a reload published after this read is applied next time.
-        self.live_generation = self.shared.live_generation.load(Ordering::Acquire);
-        let live = self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let table = &self.shared.endpoints;
-        let n = table.len();
-        while self.driver.endpoints() < n {
-            let addr = table.get(self.driver.endpoints()).addr;
-            self.driver.add_endpoint(addr);
-        }
-        if self.endpoint_counters.len() < n {
-            self.endpoint_counters.resize(n, Default::default());
-        }
-        self.driver
-            .set_dial_timeouts(live.connect_timeout, live.retry_interval);
-        self.settings = live.settings.clone();
-        for (l, ids) in self.listeners.iter_mut().zip(&live.listener_endpoints) {
-            l.endpoints = ids.clone();
-        }
-        self.next_sweep = self.now;
-        if !self.stopping && !self.listeners_closed {
-            self.refill();
-        }
-        tracing::debug!(
-            worker = self.index,
-            endpoints = n,
-            "worker applied the reloaded configuration"
-        );
-    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, ShutdownConfig};
 use crate::error::ProxyError;
+use crate::proxy::ShutdownTrigger;
 use crate::reload::Reloader;
 use crate::view::ProxyView;
-use crate::worker::ShutdownTrigger;
 
 /// Loads the configuration again, exactly as at start (file and flags).
 pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ProxyError> + Send>;

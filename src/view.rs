@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::metrics::{
     monotonic_ms, EndpointSnapshot, ListenerSnapshot, PublishedCounters, StatsSnapshot,
 };
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// A cheap, cloneable, read-only view of a running proxy.
 #[derive(Clone)]

@@ -2,18 +2,16 @@
 //! on after the data before it, cap the slots a direction holds (backpressure), park on
 //! ENOBUFS, and tear down once every submitted op has completed.
 
-use crate::buffer;
-use crate::conn::{State, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
+use super::{send_op, submit, Close, Context, Half, SessionId, State, Submit};
+use crate::buffer::{self, Registration};
 use crate::driver::{sys, Completion, Driver, SendOp};
-use crate::worker::op::{OpKind, Token};
-use crate::worker::Worker;
 
-impl<D: Driver> Worker<D> {
-    /// Arms a receive on `dir`'s source unless it is already armed, finished, parked, at
+impl<D: Driver> Context<D> {
+    /// Arms a receive on `half`'s source unless it is already armed, finished, parked, at
     /// its cap of held slots, or holds slots while the pool is down to its reserve.
     /// Returns whether it armed one.
-    pub(crate) fn arm_recv(&mut self, key: usize, gen: u32, dir: usize) -> bool {
-        self.arm_recv_as(key, gen, dir, false)
+    pub fn arm_recv(&mut self, id: SessionId, half: Half) -> bool {
+        self.arm_recv_as(id, half, false)
     }
 
     /// Arms a receive; a `probe` completes at once with EAGAIN when nothing is queued.
@@ -24,15 +22,15 @@ impl<D: Driver> Worker<D> {
     /// so stalled directions cannot take a slot another direction needs for its first.
     /// A direction refused here holds slots, so its send is in flight or about to be,
     /// and its completion arms the receive again.
-    fn arm_recv_as(&mut self, key: usize, gen: u32, dir: usize, probe: bool) -> bool {
+    fn arm_recv_as(&mut self, id: SessionId, half: Half, probe: bool) -> bool {
         let cap = self.settings.max_in_flight;
         let b = self.driver.buffers();
         let free = b.count() - b.in_use();
         let above_reserve = free.saturating_sub(self.holder_armed) > buffer::reserve(b.count());
-        let Some(s) = self.table.get_mut(key, gen) else {
+        let Some(s) = self.table.get_mut(id) else {
             return false;
         };
-        let d = &s.dirs[dir];
+        let d = s.dir(half);
         let holding = !d.queue.is_empty();
         if s.state != State::Active
             || d.recv_armed()
@@ -44,17 +42,21 @@ impl<D: Driver> Worker<D> {
         {
             return false;
         }
-        let (src, _) = s.fds(dir);
-        let d = &mut s.dirs[dir];
+        let (src, _) = s.fds(half);
+        let d = &mut s.dir_mut(half);
         d.set_recv_armed(true);
         d.set_probing(probe);
         d.set_armed_holding(holding);
         self.holder_armed += usize::from(holding);
-        s.ops += 1;
-        self.driver.recv(
-            src,
-            probe,
-            Token::new(key, gen, OpKind::Recv).dir(dir).encode(),
+        submit(
+            &mut self.driver,
+            s,
+            id,
+            Submit::Recv {
+                half,
+                fd: src,
+                probe,
+            },
         );
         true
     }
@@ -63,25 +65,18 @@ impl<D: Driver> Worker<D> {
     /// nothing is being sent and the cap allows, probe for it before sending, so a bulk
     /// stream goes out in vectored sends of up to `max_in_flight` slots (fewer, larger
     /// writes cost the kernel less per byte) while each receive still takes one slot.
-    pub(crate) fn on_recv(
-        &mut self,
-        key: usize,
-        gen: u32,
-        dir: usize,
-        res: i32,
-        slot: Option<u16>,
-    ) {
+    pub fn on_recv(&mut self, id: SessionId, half: Half, res: i32, slot: Option<u16>) {
         let size = self.driver.buffers().slot_size();
         let cap = self.settings.max_in_flight;
-        let Some(s) = self.table.get_mut(key, gen) else {
+        let Some(s) = self.table.get_mut(id) else {
             self.drop_received(slot);
             return;
         };
-        let probing = s.dirs[dir].probing();
-        s.dirs[dir].set_probing(false);
-        s.dirs[dir].set_recv_armed(false);
-        let armed_holding = s.dirs[dir].armed_holding();
-        s.dirs[dir].set_armed_holding(false);
+        let probing = s.dir_mut(half).probing();
+        s.dir_mut(half).set_probing(false);
+        s.dir_mut(half).set_recv_armed(false);
+        let armed_holding = s.dir_mut(half).armed_holding();
+        s.dir_mut(half).set_armed_holding(false);
         if armed_holding {
             self.holder_armed -= 1;
         }
@@ -91,7 +86,7 @@ impl<D: Driver> Worker<D> {
         }
         match (res, slot) {
             (n, Some(slot)) if n > 0 => {
-                let d = &mut s.dirs[dir];
+                let d = &mut s.dir_mut(half);
                 self.driver.buffers_mut().take(slot);
                 let now_ms = self.now_ms;
                 if d.queue.is_empty() {
@@ -99,7 +94,7 @@ impl<D: Driver> Worker<D> {
                     d.waiting_since = now_ms as u32;
                     if self.settings.send_timeout.is_some() && !d.listed() {
                         d.set_listed(true);
-                        self.holding.push((key, gen, dir));
+                        self.holding.push((id, half));
                     }
                 }
                 self.driver
@@ -107,72 +102,70 @@ impl<D: Driver> Worker<D> {
                     .enqueue(&mut d.queue, slot, n as usize);
                 let gather = n as usize == size && !d.sending() && d.queue.len() < cap;
                 // Counted once, per endpoint; the totals are their sums, made at publish.
-                if let Some(c) = self.endpoint_counters.get_mut(s.endpoint as usize) {
-                    if dir == CLIENT_TO_UPSTREAM {
+                if let Some(c) = self.endpoint_counters.get_mut(s.endpoint.index()) {
+                    if half == Half::ClientToUpstream {
                         c.bytes_to += n as u64;
                     } else {
                         c.bytes_from += n as u64;
                     }
                 }
-                self.table.touch(key, now_ms);
+                self.table.touch(id.key(), now_ms);
                 // The probe may be refused (the reserve): then send what was gathered.
-                if !(gather && self.arm_recv_as(key, gen, dir, true)) {
-                    self.start_send(key, gen, dir);
-                    self.arm_recv(key, gen, dir);
+                if !(gather && self.arm_recv_as(id, half, true)) {
+                    self.start_send(id, half);
+                    self.arm_recv(id, half);
                 }
             }
             (e, _) if probing && e == -libc::EAGAIN => {
                 // Nothing more queued: send what was gathered, then wait for data.
-                self.start_send(key, gen, dir);
-                self.arm_recv(key, gen, dir);
+                self.start_send(id, half);
+                self.arm_recv(id, half);
             }
             (0, _) => {
-                s.dirs[dir].set_eof(true);
+                s.dir_mut(half).set_eof(true);
                 self.drop_received(slot);
-                self.start_send(key, gen, dir);
-                self.pass_fin(key, gen, dir);
+                self.start_send(id, half);
+                self.pass_fin(id, half);
             }
             (e, _) if e == -libc::ENOBUFS => {
-                s.dirs[dir].set_parked(true);
-                let empty_handed = s.dirs[dir].queue.is_empty();
-                if empty_handed && !s.dirs[dir].hup_armed() {
+                s.dir_mut(half).set_parked(true);
+                let empty_handed = s.dir_mut(half).queue.is_empty();
+                if empty_handed && !s.dir_mut(half).hup_armed() {
                     // Parked with nothing held, it cannot receive the peer's reset:
                     // a poll that needs no buffer watches for it meanwhile.
-                    s.dirs[dir].set_hup_armed(true);
-                    s.ops += 1;
-                    let (src, _) = s.fds(dir);
-                    self.driver
-                        .watch_hangup(src, Token::new(key, gen, OpKind::Hup).dir(dir).encode());
+                    s.dir_mut(half).set_hup_armed(true);
+                    let (src, _) = s.fds(half);
+                    submit(&mut self.driver, s, id, Submit::Hup { half, fd: src });
                 }
                 self.counters.buffer_waits += 1;
                 if empty_handed {
-                    self.waiters_empty.push_back((key, gen, dir));
+                    self.waiters_empty.push_back((id, half));
                 } else {
-                    self.waiters.push_back((key, gen, dir));
+                    self.waiters.push_back((id, half));
                 }
                 // What was gathered goes out; slots may have come back meanwhile.
-                self.start_send(key, gen, dir);
+                self.start_send(id, half);
                 self.serve_waiters();
             }
             (e, slot) => {
                 self.drop_received(slot);
                 if e != -libc::ECANCELED {
-                    self.count_peer_error(key, dir, true, e);
-                    // The source of `dir` failed.
-                    self.peer_failed(key, gen, dir == CLIENT_TO_UPSTREAM);
+                    self.count_peer_error(id, half, true, e);
+                    // The source of `half` failed.
+                    self.peer_failed(id, half == Half::ClientToUpstream);
                 }
             }
         }
     }
 
-    /// Sends what `dir` holds unless a send is already in flight: sends of one direction
+    /// Sends what `half` holds unless a send is already in flight: sends of one half
     /// are serialised so a short send can never reorder bytes. Several held slots go out
     /// in one vectored send: fewer, larger writes cost the kernel less per byte.
-    fn start_send(&mut self, key: usize, gen: u32, dir: usize) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    fn start_send(&mut self, id: SessionId, half: Half) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
-        let d = &s.dirs[dir];
+        let d = s.dir(half);
         if d.sending() || d.dead() || s.state != State::Active {
             return;
         }
@@ -180,26 +173,29 @@ impl<D: Driver> Worker<D> {
         let Some(front) = self.driver.buffers().pending(&queue).next() else {
             return;
         };
-        let (_, dst) = s.fds(dir);
-        let remote = s.remote[dir];
-        s.dirs[dir].set_sending(true);
-        s.ops += 1;
-        let op = self.send_op(remote, front.len());
-        let token = Token::new(key, gen, OpKind::Send).dir(dir);
-        if queue.len() > 1 && op == SendOp::Send {
-            let token = Token {
-                op: OpKind::SendMsg,
-                ..token
-            };
-            self.driver
-                .send_queue(dst, &queue, &|msg| token.slot(msg).encode());
+        let (_, dst) = s.fds(half);
+        let remote = s.remote[half.index()];
+        let registered = self.driver.buffers().registration() == Registration::Registered;
+        let op = send_op(self.settings.send_mode, registered, remote, front.len());
+        s.dir_mut(half).set_sending(true);
+        let what = if queue.len() > 1 && op == SendOp::Send {
+            Submit::SendQueue {
+                half,
+                fd: dst,
+                queue: &queue,
+            }
         } else {
-            self.driver
-                .send(dst, op, front, token.slot(front.slot()).encode());
-        }
+            Submit::Send {
+                half,
+                fd: dst,
+                op,
+                part: front,
+            }
+        };
+        submit(&mut self.driver, s, id, what);
     }
 
-    pub(crate) fn on_send(&mut self, key: usize, gen: u32, dir: usize, slot: u16, c: Completion) {
+    pub fn on_send(&mut self, id: SessionId, half: Half, slot: u16, c: Completion) {
         let res = c.res;
         if c.notif {
             // The kernel is done with a zero-copy send's pages.
@@ -210,70 +206,70 @@ impl<D: Driver> Worker<D> {
             // A zero-copy send: its notification will follow and holds the slot till then.
             self.driver.buffers_mut().retain(slot);
         }
-        self.on_sent(key, gen, dir, res);
+        self.on_sent(id, half, res);
     }
 
-    pub(crate) fn on_send_msg(&mut self, key: usize, gen: u32, dir: usize, msg: u16, res: i32) {
+    pub fn on_send_msg(&mut self, id: SessionId, half: Half, msg: u16, res: i32) {
         self.driver.release_msg(msg);
-        self.on_sent(key, gen, dir, res);
+        self.on_sent(id, half, res);
     }
 
-    /// A send of `dir` completed with `res`: drop what went out, go on.
-    fn on_sent(&mut self, key: usize, gen: u32, dir: usize, res: i32) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    /// A send of `half` completed with `res`: drop what went out, go on.
+    fn on_sent(&mut self, id: SessionId, half: Half, res: i32) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
-        s.dirs[dir].set_sending(false);
+        s.dir_mut(half).set_sending(false);
         if s.state != State::Active {
             return;
         }
-        if s.dirs[dir].dead() {
+        if s.dir_mut(half).dead() {
             // The destination failed while this send was in flight: now that the kernel
             // is done with the slots, drop them.
-            if self.driver.buffers_mut().clear(&mut s.dirs[dir].queue) > 0 {
+            if self.driver.buffers_mut().clear(&mut s.dir_mut(half).queue) > 0 {
                 self.serve_waiters();
             }
             return;
         }
         if res <= 0 {
             if res != -libc::ECANCELED {
-                self.count_peer_error(key, dir, false, res);
-                // The destination of `dir` failed.
-                self.peer_failed(key, gen, dir != CLIENT_TO_UPSTREAM);
+                self.count_peer_error(id, half, false, res);
+                // The destination of `half` failed.
+                self.peer_failed(id, half != Half::ClientToUpstream);
             }
             return;
         }
         // The destination took bytes: the send timeout starts again.
-        s.dirs[dir].waiting_since = self.now_ms as u32;
+        s.dir_mut(half).waiting_since = self.now_ms as u32;
         if self
             .driver
             .buffers_mut()
-            .consume(&mut s.dirs[dir].queue, res as usize)
+            .consume(&mut s.dir_mut(half).queue, res as usize)
             > 0
         {
             self.serve_waiters();
         }
-        self.start_send(key, gen, dir);
-        self.arm_recv(key, gen, dir);
-        self.pass_fin(key, gen, dir);
+        self.start_send(id, half);
+        self.arm_recv(id, half);
+        self.pass_fin(id, half);
     }
 
-    /// Passes a FIN from `dir`'s source to its destination once everything received
+    /// Passes a FIN from `half`'s source to its destination once everything received
     /// before it is sent; closes the session when both directions are done.
-    fn pass_fin(&mut self, key: usize, gen: u32, dir: usize) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    fn pass_fin(&mut self, id: SessionId, half: Half) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
-        let d = &s.dirs[dir];
+        let d = s.dir(half);
         if !d.eof() || d.shut() || d.sending() || !d.queue.is_empty() {
             return;
         }
-        let (_, dst) = s.fds(dir);
+        let (_, dst) = s.fds(half);
         // ENOTCONN: the destination is already gone; its own direction reports that.
         let _ = sys::shutdown_write(dst);
-        s.dirs[dir].set_shut(true);
+        s.dir_mut(half).set_shut(true);
         if s.dirs.iter().all(|d| d.shut()) {
-            self.begin_close(key, gen, false);
+            self.begin_close(id, Close::Fin);
         }
     }
 
@@ -282,73 +278,73 @@ impl<D: Driver> Worker<D> {
     /// was queued for the failed peer is dropped, since nobody can receive it. When
     /// nothing is left for the other peer (neither in our slots nor unsent in its
     /// socket), the failure is passed on at once as a reset, as before.
-    pub(crate) fn peer_failed(&mut self, key: usize, gen: u32, client: bool) {
+    pub fn peer_failed(&mut self, id: SessionId, client: bool) {
         // `to_dead` sends to the failed peer; `from_dead` receives from it.
         let (to_dead, from_dead) = if client {
-            (UPSTREAM_TO_CLIENT, CLIENT_TO_UPSTREAM)
+            (Half::UpstreamToClient, Half::ClientToUpstream)
         } else {
-            (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)
+            (Half::ClientToUpstream, Half::UpstreamToClient)
         };
-        let Some(s) = self.table.get_mut(key, gen) else {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
-        if s.state != State::Active || s.dirs[to_dead].dead() {
+        if s.state != State::Active || s.dir(to_dead).dead() {
             return;
         }
         let (_, survivor) = s.fds(from_dead);
-        let d = &s.dirs[from_dead];
+        let d = s.dir(from_dead);
         let owed = !d.queue.is_empty() || d.sending() || sys::unsent_bytes(survivor) > 0;
         if !owed || d.shut() {
-            return self.begin_close(key, gen, true);
+            return self.begin_close(id, Close::Reset);
         }
         s.flushing = true;
-        let dead = &mut s.dirs[to_dead];
+        let dead = s.dir_mut(to_dead);
         dead.set_dead(true);
         dead.set_shut(true);
         if !dead.sending() && self.driver.buffers_mut().clear(&mut dead.queue) > 0 {
             self.serve_waiters();
         }
-        if let Some(s) = self.table.get_mut(key, gen) {
+        if let Some(s) = self.table.get_mut(id) {
             // Nothing more comes from the failed peer: deliver the rest, then the FIN.
-            s.dirs[from_dead].set_eof(true);
+            s.dir_mut(from_dead).set_eof(true);
         }
-        self.start_send(key, gen, from_dead);
-        self.pass_fin(key, gen, from_dead);
+        self.start_send(id, from_dead);
+        self.pass_fin(id, from_dead);
     }
 
     /// A parked direction's source was reset or shut down. A reset (`POLLERR`) fails
     /// the source as a receive would; a shutdown with nothing unread before it is its
     /// EOF. With data before the FIN, the direction waits for a slot as before.
-    pub(crate) fn on_hangup(&mut self, key: usize, gen: u32, dir: usize, res: i32) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    pub fn on_hangup(&mut self, id: SessionId, half: Half, res: i32) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
-        s.dirs[dir].set_hup_armed(false);
-        if res < 0 || s.state != State::Active || !s.dirs[dir].parked() {
+        s.dir_mut(half).set_hup_armed(false);
+        if res < 0 || s.state != State::Active || !s.dir_mut(half).parked() {
             return;
         }
-        let (src, _) = s.fds(dir);
+        let (src, _) = s.fds(half);
         let ev = res as i16;
         if ev & libc::POLLERR != 0 {
             self.count_peer_error(
-                key,
-                dir,
+                id,
+                half,
                 true,
                 -sys::socket_error(src).unwrap_or(libc::ECONNRESET),
             );
-            self.peer_failed(key, gen, dir == CLIENT_TO_UPSTREAM);
+            self.peer_failed(id, half == Half::ClientToUpstream);
         } else if ev & (libc::POLLRDHUP | libc::POLLHUP) != 0 && sys::unread_bytes(src) == 0 {
             // POLLHUP alone is both sides shut down (our FIN passed, theirs came): an EOF.
-            let d = &mut s.dirs[dir];
+            let d = &mut s.dir_mut(half);
             d.set_parked(false);
             d.set_eof(true);
-            self.start_send(key, gen, dir);
-            self.pass_fin(key, gen, dir);
+            self.start_send(id, half);
+            self.pass_fin(id, half);
         }
     }
 
     /// Takes and at once hands back a slot a receive filled that no session can use.
-    pub(crate) fn drop_received(&mut self, slot: Option<u16>) {
+    pub fn drop_received(&mut self, slot: Option<u16>) {
         if let Some(slot) = slot {
             self.driver.buffers_mut().take(slot);
             self.release_slot(slot);
@@ -356,41 +352,41 @@ impl<D: Driver> Worker<D> {
     }
 
     /// Hands a slot back; if it returned to the ring, a parked direction may go on.
-    pub(crate) fn release_slot(&mut self, slot: u16) {
+    pub fn release_slot(&mut self, slot: u16) {
         if self.driver.buffers_mut().release(slot) {
             self.serve_waiters();
         }
     }
 
     /// Re-arms parked directions, oldest first, one per free slot.
-    pub(crate) fn serve_waiters(&mut self) {
+    pub fn serve_waiters(&mut self) {
         let mut free = self.driver.buffers().count() - self.driver.buffers().in_use();
         while free > 0 {
-            let Some((key, gen, dir)) = self
+            let Some((id, half)) = self
                 .waiters_empty
                 .pop_front()
                 .or_else(|| self.waiters.pop_front())
             else {
                 break;
             };
-            let Some(s) = self.table.get_mut(key, gen) else {
+            let Some(s) = self.table.get_mut(id) else {
                 continue;
             };
-            if !s.dirs[dir].parked() || s.state != State::Active {
+            if !s.dir_mut(half).parked() || s.state != State::Active {
                 continue;
             }
-            s.dirs[dir].set_parked(false);
+            s.dir_mut(half).set_parked(false);
             // A direction that holds slots may be refused (the reserve); its own send
             // completion arms it again.
-            if self.arm_recv(key, gen, dir) {
+            if self.arm_recv(id, half) {
                 free -= 1;
             }
         }
     }
 
-    fn count_peer_error(&mut self, key: usize, dir: usize, receiving: bool, res: i32) {
+    fn count_peer_error(&mut self, id: SessionId, half: Half, receiving: bool, res: i32) {
         // Receiving on direction 0, or sending on direction 1, talks to the client.
-        let client_side = (dir == CLIENT_TO_UPSTREAM) == receiving;
+        let client_side = (half == Half::ClientToUpstream) == receiving;
         if client_side {
             self.counters.client_errors += 1;
         } else {
@@ -401,13 +397,13 @@ impl<D: Driver> Worker<D> {
             return;
         };
         let err = std::io::Error::from_raw_os_error(-res);
-        let Some(s) = self.table.get(key) else {
+        let Some(s) = self.table.get(id.key()) else {
             return;
         };
         if client_side {
             // getpeername fails on a reset socket; with debug logging on, the address
             // taken at accept is kept.
-            let peer = match self.debug_peers.get(&key) {
+            let peer = match self.debug_peers.get(&id.key()) {
                 Some(a) => a.to_string(),
                 None => sys::peer_addr(s.client_fd)
                     .map(|a| a.to_string())
@@ -415,7 +411,7 @@ impl<D: Driver> Worker<D> {
             };
             tracing::warn!(client = %peer, held_back, "client: {err}");
         } else {
-            let peer = self.shared_endpoint_addr(s.endpoint as usize);
+            let peer = self.endpoint_addr(s.endpoint);
             tracing::warn!(upstream = %peer, held_back, "upstream: {err}");
         }
     }

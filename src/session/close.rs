@@ -1,15 +1,24 @@
-//! A worker's teardown of entries (sessions and pool dials) and its periodic sweep of
-//! inactive sessions and expired queue waits.
+//! Teardown of entries (sessions and pool dials), and the periodic sweep of inactive
+//! sessions, stalled peers and expired queue waits.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
-impl<D: Driver> Worker<D> {
+use super::{submit, Close, Context, EndpointId, Half, Session, SessionId, State, Submit};
+use crate::deadline;
+use crate::driver::{sys, Driver};
+use crate::upstream;
+
+impl<D: Driver> Context<D> {
     /// Starts tearing an entry down: cancels its ops; it is freed when the last completes.
-    pub(crate) fn begin_close(&mut self, key: usize, gen: u32, reset: bool) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    /// A [`Close::Reset`] sticks: a later orderly close of the same entry stays a reset.
+    pub fn begin_close(&mut self, id: SessionId, how: Close) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
-        s.reset |= reset;
+        if how == Close::Reset {
+            s.close = Close::Reset;
+        }
         if s.state == State::Draining {
             return;
         }
@@ -18,35 +27,29 @@ impl<D: Driver> Worker<D> {
         let pending = s.ops > 0;
         if prev == State::Queued {
             // Not found: the grant is on its way and will be given back (on_grant).
-            self.shared.admission.withdraw(self.index, key, gen);
+            self.shared.admission.withdraw(self.index, id.key(), id.gen);
         }
         if prev == State::RetryWait {
-            if let Some(s) = self.table.get_mut(key, gen) {
-                s.ops += 1;
+            if let Some(s) = self.table.get_mut(id) {
+                submit(&mut self.driver, s, id, Submit::CancelRetryTimer);
             }
-            self.driver.cancel_op(
-                Token::new(key, gen, OpKind::RetryTimer).encode(),
-                Token::new(key, gen, OpKind::Cancel).encode(),
-            );
         }
         if pending {
             for fd in fds.into_iter().filter(|fd| *fd >= 0) {
-                if let Some(s) = self.table.get_mut(key, gen) {
-                    s.ops += 1;
+                if let Some(s) = self.table.get_mut(id) {
+                    submit(&mut self.driver, s, id, Submit::CancelFd(fd));
                 }
-                self.driver
-                    .cancel_fd(fd, Token::new(key, gen, OpKind::Cancel).encode());
             }
         }
-        self.table.unlink(key);
-        self.forget_waiter(key, gen);
-        self.settle(key, gen);
+        self.table.unlink(id.key());
+        self.forget_waiter(id);
+        self.settle(id);
     }
 
     /// Takes a closing session's parked directions off the wait list, so the list holds
     /// only live sessions however many come and go while the pool is exhausted.
-    fn forget_waiter(&mut self, key: usize, gen: u32) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    fn forget_waiter(&mut self, id: SessionId) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
         if !s.dirs.iter().any(|d| d.parked()) {
@@ -55,24 +58,24 @@ impl<D: Driver> Worker<D> {
         for d in &mut s.dirs {
             d.set_parked(false);
         }
-        self.waiters.retain(|&(k, g, _)| (k, g) != (key, gen));
-        self.waiters_empty.retain(|&(k, g, _)| (k, g) != (key, gen));
+        self.waiters.retain(|&(w, _)| w != id);
+        self.waiters_empty.retain(|&(w, _)| w != id);
     }
 
-    /// After an op of entry `key` completed or it started closing: free a drained entry,
+    /// After an op of entry `id` completed or it started closing: free a drained entry,
     /// or move a connected pool dial into the pool, once no op of it is in flight.
-    pub(crate) fn settle(&mut self, key: usize, gen: u32) {
-        let Some(s) = self.table.get_mut(key, gen) else {
+    pub fn settle(&mut self, id: SessionId) {
+        let Some(s) = self.table.get_mut(id) else {
             return;
         };
         if s.ops > 0 {
             return;
         }
         match s.state {
-            State::Draining => self.finalize(key),
+            State::Draining => self.finalize(id.key()),
             State::PoolReady => {
-                let s = self.table.remove(key);
-                let ep = s.endpoint as usize;
+                let s = self.table.remove(id.key());
+                let ep = s.endpoint.index();
                 self.pool_dialing -= 1;
                 // The entry owned the fd and none of its ops is in flight (ops == 0):
                 // from here the pool owns it.
@@ -101,7 +104,7 @@ impl<D: Driver> Worker<D> {
         if recycled > 0 {
             self.serve_waiters();
         }
-        let ep = s.endpoint as usize;
+        let ep = s.endpoint.index();
         if s.client_fd >= 0 {
             self.counters.sessions_closed += 1;
             if let Some(client) = self.debug_peers.remove(&key) {
@@ -117,14 +120,14 @@ impl<D: Driver> Worker<D> {
                 .active
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        if s.client_fd < 0 && s.endpoint != NO_ENDPOINT {
+        if s.client_fd < 0 && s.endpoint != EndpointId::NONE {
             self.pool_dialing -= 1;
             self.shared.pool.dial_ended(ep);
         }
         if s.permit {
             self.shared.admission.release(&mut self.woken);
         }
-        if s.flushing && !s.reset {
+        if s.flushing && s.close == Close::Fin {
             // Unread input would turn the close into an RST that discards what the
             // surviving peer's socket still has to deliver.
             for fd in [s.client_fd, s.upstream_fd] {
@@ -136,45 +139,45 @@ impl<D: Driver> Worker<D> {
         for fd in [s.client_fd, s.upstream_fd] {
             if fd >= 0 {
                 self.driver.release_fd(fd, true);
-                sys::close(fd, s.reset);
+                sys::close(fd, s.close == Close::Reset);
             }
         }
         self.wake_granted();
     }
 
     /// The one debug line per session close.
-    pub(super) fn log_close(&self, client: SocketAddr, s: &crate::conn::Session) {
+    fn log_close(&self, client: SocketAddr, s: &Session) {
         // A session that never relayed (queue timeout, failed dials) has no upstream.
         let (upstream, lived_ms) = if s.counted {
-            let addr = self.shared.endpoints.get(s.endpoint as usize).addr;
+            let addr = self.endpoint_addr(s.endpoint);
             let lived = (self.now_ms as u32).wrapping_sub(s.started_ms);
             (addr.to_string(), lived)
         } else {
             ("none".to_string(), 0)
         };
-        tracing::debug!(%client, %upstream, lived_ms, reset = s.reset, "session closed");
+        tracing::debug!(%client, %upstream, lived_ms, reset = s.close == Close::Reset, "session closed");
     }
 
     /// Closes inactive sessions and clients that waited past the queue timeout (the
     /// pool keeper looks after idle pooled connections).
-    pub(super) fn sweep(&mut self) {
+    pub fn sweep(&mut self) {
         if let Some(timeout) = self.settings.session_idle_timeout {
             let idle_ms = deadline::millis(timeout);
-            while let Some((key, gen, last)) = self.table.oldest_active() {
+            while let Some((id, last)) = self.table.oldest_active() {
                 if last.saturating_add(idle_ms) > self.now_ms {
                     break;
                 }
                 self.counters.session_timeouts += 1;
                 tracing::debug!("client: session closed after {timeout:?} without traffic");
-                self.begin_close(key, gen, false);
+                self.begin_close(id, Close::Fin);
             }
         }
 
         self.sweep_stalled();
 
         let queue_ms = deadline::millis(self.settings.queue_timeout);
-        while let Some(&(key, gen)) = self.queued.front() {
-            let Some(s) = self.table.get_mut(key, gen) else {
+        while let Some(&id) = self.queued.front() {
+            let Some(s) = self.table.get_mut(id) else {
                 self.queued.pop_front();
                 continue;
             };
@@ -191,7 +194,7 @@ impl<D: Driver> Worker<D> {
                 "client: closed after waiting {:?} for admission",
                 self.settings.queue_timeout
             );
-            self.begin_close(key, gen, false);
+            self.begin_close(id, Close::Fin);
         }
     }
 
@@ -204,9 +207,9 @@ impl<D: Driver> Worker<D> {
     fn sweep_stalled(&mut self) {
         let Some(timeout) = self.settings.send_timeout else {
             // Turned off by a reload: forget the list (flags are cleared as we go).
-            for (key, gen, dir) in std::mem::take(&mut self.holding) {
-                if let Some(s) = self.table.get_mut(key, gen) {
-                    s.dirs[dir].set_listed(false);
+            for (id, half) in std::mem::take(&mut self.holding) {
+                if let Some(s) = self.table.get_mut(id) {
+                    s.dir_mut(half).set_listed(false);
                 }
             }
             return;
@@ -215,13 +218,13 @@ impl<D: Driver> Worker<D> {
         let now = self.now_ms as u32;
         let mut i = 0;
         while i < self.holding.len() {
-            let (key, gen, dir) = self.holding[i];
-            let Some(s) = self.table.get_mut(key, gen) else {
+            let (id, half) = self.holding[i];
+            let Some(s) = self.table.get_mut(id) else {
                 self.holding.swap_remove(i);
                 continue;
             };
             let active = s.state == State::Active;
-            let d = &mut s.dirs[dir];
+            let d = s.dir_mut(half);
             if !active || d.queue.is_empty() {
                 d.set_listed(false);
                 self.holding.swap_remove(i);
@@ -234,7 +237,7 @@ impl<D: Driver> Worker<D> {
             d.set_listed(false);
             self.holding.swap_remove(i);
             self.counters.send_timeouts += 1;
-            let side = if dir == CLIENT_TO_UPSTREAM {
+            let side = if half == Half::ClientToUpstream {
                 "upstream"
             } else {
                 "client"
@@ -242,7 +245,7 @@ impl<D: Driver> Worker<D> {
             tracing::debug!(
                 "{side}: took no byte for {timeout:?} while data waited; session closed"
             );
-            self.begin_close(key, gen, true);
+            self.begin_close(id, Close::Reset);
         }
         // A burst (thousands of sessions receiving at once) leaves a large list behind:
         // give its room back, or it stays resident as if each idle session cost it.

@@ -1,4 +1,4 @@
-//! The per-worker connection table: a slab of sessions with a generation per slot, so a
+//! The per-worker session table: a slab of sessions with a generation per slot, so a
 //! completion that arrives for a freed and reused slot is recognised and dropped; and the
 //! active list, least recently active first, that the sweep walks from its old end.
 
@@ -6,8 +6,8 @@ use std::os::fd::RawFd;
 
 use slab::Slab;
 
+use super::id::{Close, EndpointId, Half, ListenerId, SessionId, GEN_MASK, MAX_KEYS};
 use crate::buffer::SlotQueue;
-use crate::worker::op::{GEN_MASK, MAX_KEYS};
 
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +27,6 @@ pub enum State {
     /// A pool dial that connected; it joins the pool once its last completion is in.
     PoolReady,
 }
-
-/// Direction 0 carries client bytes to the upstream, direction 1 the reverse.
-pub const CLIENT_TO_UPSTREAM: usize = 0;
-pub const UPSTREAM_TO_CLIENT: usize = 1;
 
 /// One direction of a session: what it received and still has to send. Its ten flags
 /// share one word, so a session's table entry stays at 80 bytes (RSS per idle session).
@@ -102,20 +98,21 @@ pub struct Session {
     pub client_fd: RawFd,
     /// -1 until the upstream socket exists.
     pub upstream_fd: RawFd,
-    pub listener: u16,
-    pub endpoint: u16,
+    pub listener: ListenerId,
+    pub endpoint: EndpointId,
+    /// Indexed by [`Half::index`].
     pub dirs: [Direction; 2],
     /// Submitted ops of this session whose last completion has not arrived.
     /// u16 (a session has a handful of ops at most): with `retries`, it makes room for
     /// `started_ms` within 80 bytes.
     pub ops: u16,
-    /// Close with RST (SO_LINGER 0) rather than FIN: a peer reset or an error.
-    pub reset: bool,
+    /// How the sockets are closed: a reset once a peer reset or an error asked for one.
+    pub close: Close,
     /// One peer failed and the other is being given what was queued for it: at the close
     /// its unread input is discarded so that the close is a FIN after the data, not an
     /// RST that would throw away what its socket still buffers.
     pub flushing: bool,
-    /// Per direction: whether its destination is off this host (zero-copy may pay off).
+    /// Per half: whether its destination is off this host (zero-copy may pay off).
     pub remote: [bool; 2],
     /// Holds one of the global `max_active` slots.
     pub permit: bool,
@@ -137,27 +134,34 @@ pub struct Session {
 }
 
 impl Session {
-    /// The fd a direction receives from and the fd it sends to.
-    pub fn fds(&self, dir: usize) -> (RawFd, RawFd) {
-        if dir == CLIENT_TO_UPSTREAM {
-            (self.client_fd, self.upstream_fd)
-        } else {
-            (self.upstream_fd, self.client_fd)
+    /// The fd a half receives from and the fd it sends to.
+    pub fn fds(&self, half: Half) -> (RawFd, RawFd) {
+        match half {
+            Half::ClientToUpstream => (self.client_fd, self.upstream_fd),
+            Half::UpstreamToClient => (self.upstream_fd, self.client_fd),
         }
+    }
+
+    pub fn dir(&self, half: Half) -> &Direction {
+        &self.dirs[half.index()]
+    }
+
+    pub fn dir_mut(&mut self, half: Half) -> &mut Direction {
+        &mut self.dirs[half.index()]
     }
 }
 
 /// The slab, the generation counter and the active list.
-pub struct ConnTable {
+pub struct SessionTable {
     slab: Slab<Session>,
     next_gen: u32,
     head: u32,
     tail: u32,
 }
 
-impl Default for ConnTable {
+impl Default for SessionTable {
     fn default() -> Self {
-        ConnTable {
+        SessionTable {
             slab: Slab::new(),
             next_gen: 1,
             head: NIL,
@@ -166,15 +170,15 @@ impl Default for ConnTable {
     }
 }
 
-impl ConnTable {
+impl SessionTable {
     /// Adds an entry; `None` when the table is full.
     pub fn insert(
         &mut self,
         client_fd: RawFd,
-        listener: u16,
+        listener: ListenerId,
         state: State,
         now_ms: u64,
-    ) -> Option<(usize, u32)> {
+    ) -> Option<SessionId> {
         if self.slab.len() >= MAX_KEYS - 1 {
             return None;
         }
@@ -186,10 +190,10 @@ impl ConnTable {
             client_fd,
             upstream_fd: -1,
             listener,
-            endpoint: 0,
+            endpoint: EndpointId(0),
             dirs: Default::default(),
             ops: 0,
-            reset: false,
+            close: Close::Fin,
             flushing: false,
             remote: [false; 2],
             permit: false,
@@ -202,12 +206,12 @@ impl ConnTable {
             next: NIL,
             in_list: false,
         });
-        Some((key, gen))
+        Some(SessionId::new(key, gen))
     }
 
-    /// The session at `key` if it is still the one of generation `gen`.
-    pub fn get_mut(&mut self, key: usize, gen: u32) -> Option<&mut Session> {
-        self.slab.get_mut(key).filter(|s| s.gen == gen)
+    /// The session `id` names, if it is still there (not a later one at its key).
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.slab.get_mut(id.key()).filter(|s| s.gen == id.gen)
     }
 
     pub fn get(&self, key: usize) -> Option<&Session> {
@@ -227,9 +231,12 @@ impl ConnTable {
         self.slab.is_empty()
     }
 
-    /// Keys and generations of every entry (for shutdown).
-    pub fn keys(&self) -> Vec<(usize, u32)> {
-        self.slab.iter().map(|(k, s)| (k, s.gen)).collect()
+    /// Every entry (for shutdown).
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.slab
+            .iter()
+            .map(|(k, s)| SessionId::new(k, s.gen))
+            .collect()
     }
 
     /// Records activity: the session moves to the young end of the active list. Called
@@ -282,13 +289,15 @@ impl ConnTable {
         self.tail = key as u32;
     }
 
-    /// The least recently active session, if any: (key, generation, last activity).
-    pub fn oldest_active(&self) -> Option<(usize, u32, u64)> {
+    /// The least recently active session, if any, and its last activity.
+    pub fn oldest_active(&self) -> Option<(SessionId, u64)> {
         if self.head == NIL {
             return None;
         }
         let key = self.head as usize;
-        self.slab.get(key).map(|s| (key, s.gen, s.last_active))
+        self.slab
+            .get(key)
+            .map(|s| (SessionId::new(key, s.gen), s.last_active))
     }
 }
 
@@ -298,14 +307,18 @@ mod tests {
 
     #[test]
     fn stale_generation_is_not_found() {
-        let mut t = ConnTable::default();
-        let (k, g) = t.insert(10, 0, State::Connecting, 0).expect("room");
-        t.remove(k);
-        let (k2, g2) = t.insert(11, 0, State::Connecting, 0).expect("room");
-        assert_eq!(k, k2, "slab reuses the freed key");
-        assert_ne!(g, g2);
-        assert!(t.get_mut(k, g).is_none());
-        assert!(t.get_mut(k2, g2).is_some());
+        let mut t = SessionTable::default();
+        let a = t
+            .insert(10, ListenerId(0), State::Connecting, 0)
+            .expect("room");
+        t.remove(a.key());
+        let b = t
+            .insert(11, ListenerId(0), State::Connecting, 0)
+            .expect("room");
+        assert_eq!(a.key, b.key, "slab reuses the freed key");
+        assert_ne!(a.gen, b.gen);
+        assert!(t.get_mut(a).is_none());
+        assert!(t.get_mut(b).is_some());
     }
 
     #[test]
@@ -321,21 +334,31 @@ mod tests {
 
     #[test]
     fn active_list_is_least_recently_active_first() {
-        let mut t = ConnTable::default();
+        let mut t = SessionTable::default();
         let keys: Vec<usize> = (0..4)
-            .map(|i| t.insert(i, 0, State::Active, 0).expect("room").0)
+            .map(|i| {
+                t.insert(i, ListenerId(0), State::Active, 0)
+                    .expect("room")
+                    .key()
+            })
             .collect();
         for (i, k) in keys.iter().enumerate() {
             t.touch(*k, 10 + i as u64);
         }
-        assert_eq!(t.oldest_active().map(|o| o.0), Some(keys[0]));
+        assert_eq!(t.oldest_active().map(|o| o.0.key()), Some(keys[0]));
         t.touch(keys[0], 20);
-        assert_eq!(t.oldest_active().map(|o| (o.0, o.2)), Some((keys[1], 11)));
+        assert_eq!(
+            t.oldest_active().map(|o| (o.0.key(), o.1)),
+            Some((keys[1], 11))
+        );
         t.remove(keys[1]);
         t.unlink(keys[2]);
-        assert_eq!(t.oldest_active().map(|o| o.0), Some(keys[3]));
+        assert_eq!(t.oldest_active().map(|o| o.0.key()), Some(keys[3]));
         t.remove(keys[3]);
-        assert_eq!(t.oldest_active().map(|o| (o.0, o.2)), Some((keys[0], 20)));
+        assert_eq!(
+            t.oldest_active().map(|o| (o.0.key(), o.1)),
+            Some((keys[0], 20))
+        );
         t.remove(keys[0]);
         assert_eq!(t.oldest_active(), None);
     }
