@@ -403,7 +403,7 @@ fn the_image_config_takes_its_listener_from_the_environment() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("listener"), "{}", text(&out));
 
-    let free = closed_port();
+    let free = free_port();
     let listen = free.to_string();
     let out = check(
         &[
@@ -422,7 +422,7 @@ fn the_image_config_takes_its_listener_from_the_environment() {
     );
 
     // A --listen/--upstream pair on the command line replaces the environment's.
-    let other = closed_port().to_string();
+    let other = free_port().to_string();
     let out = check(
         &[("SSSONECTOR_UPSTREAM", "127.0.0.1:9001")],
         &["--listen", &other, "--upstream", "127.0.0.1:9005"],

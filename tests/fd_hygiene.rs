@@ -12,6 +12,8 @@ use support::*;
 
 #[test]
 fn sessions_and_shutdown_leave_no_fd_open() {
+    // Before the baseline: the closed port's socket stays open for the whole process.
+    let refused = closed_port();
     let before_all = open_fds();
     let echo = Upstream::echo();
     let resetter = Upstream::start(|mut conn| {
@@ -20,7 +22,6 @@ fn sessions_and_shutdown_leave_no_fd_open() {
             reset(&conn);
         }
     });
-    let refused = closed_port();
     // No retries: the refused client is closed at once. The warm pools of the two live
     // endpoints (10 each: max_idle is spread over the three) are part of the baseline:
     // sessions take from them, and they

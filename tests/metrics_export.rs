@@ -285,7 +285,7 @@ fn a_prometheus_server_scrapes_the_proxy() {
         ),
     )
     .expect("write prometheus.yml");
-    let web = closed_port();
+    let web = free_port();
     let _prom = Child(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))

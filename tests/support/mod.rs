@@ -285,6 +285,13 @@ pub fn listen_local(backlog: i32) -> TcpListener {
     s.into()
 }
 
+/// A loopback port free a moment ago (for a config that must name a real port; a test
+/// that binds it itself should prefer port 0).
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
 /// An address nothing listens on, and nothing can: the port stays bound (not listening)
 /// by a socket kept for the life of the test process, so no other test's server can take
 /// it meanwhile and answer a dial that should be refused.
