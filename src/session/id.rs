@@ -1,6 +1,6 @@
 //! The typed names a worker uses instead of bare integers and flags: which session
-//! ([`SessionId`]), which listener, which endpoint, which direction ([`Half`]) and how a
-//! session ends ([`Close`]).
+//! ([`SessionId`]), which listener, which endpoint, which direction ([`Half`]), which
+//! peer ([`Peer`]), how a session ends ([`Close`]) and what a handler decided ([`Next`]).
 
 /// Bits of a session's slab key in an op's `user_data`.
 pub const KEY_BITS: u32 = 20;
@@ -74,6 +74,59 @@ impl Half {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The peer it receives from.
+    pub fn source(self) -> Peer {
+        match self {
+            Half::ClientToUpstream => Peer::Client,
+            Half::UpstreamToClient => Peer::Upstream,
+        }
+    }
+
+    /// The peer it sends to.
+    pub fn destination(self) -> Peer {
+        match self {
+            Half::ClientToUpstream => Peer::Upstream,
+            Half::UpstreamToClient => Peer::Client,
+        }
+    }
+}
+
+/// One of a session's two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Upstream,
+}
+
+impl Peer {
+    /// The half that sends to this peer.
+    pub fn inbound(self) -> Half {
+        match self {
+            Peer::Client => Half::UpstreamToClient,
+            Peer::Upstream => Half::ClientToUpstream,
+        }
+    }
+
+    /// The half that receives from this peer.
+    pub fn outbound(self) -> Half {
+        match self {
+            Peer::Client => Half::ClientToUpstream,
+            Peer::Upstream => Half::UpstreamToClient,
+        }
+    }
+}
+
+/// What a relay handler decided for its session; [`crate::session::Context::apply`] does
+/// it, once the handler is done with the session.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The session goes on (or was already gone, or is already closing).
+    Continue,
+    /// Tear it down: both halves passed their FIN, or a peer failed with nothing owed to
+    /// the other.
+    Close(Close),
 }
 
 /// How a session's sockets are closed.

@@ -30,7 +30,7 @@ pub(crate) mod table;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use id::{Close, EndpointId, Half, ListenerId, SessionId};
+pub(crate) use id::{Close, EndpointId, Half, ListenerId, Next, Peer, SessionId};
 pub(crate) use op::{Op, SessionOp};
 pub(crate) use table::{Session, SessionTable, State};
 
@@ -262,20 +262,33 @@ impl<D: Driver> Context<D> {
             return;
         };
         completed(s, op, &c);
-        match op {
-            SessionOp::Connect => self.on_connect(id, c.res),
+        let next = match op {
+            SessionOp::Connect => {
+                self.on_connect(id, c.res);
+                Next::Continue
+            }
             SessionOp::RetryTimer => {
                 if self.table.get_mut(id).map(|s| s.state) == Some(State::RetryWait) {
                     self.connect_client(id);
                 }
+                Next::Continue
             }
             SessionOp::Recv(half) => self.on_recv(id, half, c.res, c.buffer),
             SessionOp::Send(half, slot) => self.on_send(id, half, slot, c),
             SessionOp::SendMsg(half, msg) => self.on_send_msg(id, half, msg, c.res),
             SessionOp::Hup(half) => self.on_hangup(id, half, c.res),
-            SessionOp::ConnectTimeout | SessionOp::Cancel => {}
-        }
+            SessionOp::ConnectTimeout | SessionOp::Cancel => Next::Continue,
+        };
+        self.apply(id, next);
         self.settle(id);
+    }
+
+    /// Does what a handler decided for session `id`.
+    pub fn apply(&mut self, id: SessionId, next: Next) {
+        match next {
+            Next::Continue => {}
+            Next::Close(how) => self.begin_close(id, how),
+        }
     }
 
     pub fn endpoint_addr(&self, ep: EndpointId) -> SocketAddr {

@@ -1,8 +1,9 @@
 //! One session's two directions: receive into a slot, send from the same slot, pass a FIN
 //! on after the data before it, cap the slots a direction holds (backpressure), park on
-//! ENOBUFS, and tear down once every submitted op has completed.
+//! ENOBUFS. Each completion handler returns what should happen to the session next
+//! ([`Next`]); the caller applies it once the handler is done with the session.
 
-use super::{send_op, submit, Close, Context, Half, SessionId, State, Submit};
+use super::{send_op, submit, Close, Context, Half, Next, Peer, SessionId, State, Submit};
 use crate::buffer::{self, Registration};
 use crate::driver::{sys, Completion, Driver, SendOp};
 
@@ -65,12 +66,12 @@ impl<D: Driver> Context<D> {
     /// nothing is being sent and the cap allows, probe for it before sending, so a bulk
     /// stream goes out in vectored sends of up to `max_in_flight` slots (fewer, larger
     /// writes cost the kernel less per byte) while each receive still takes one slot.
-    pub fn on_recv(&mut self, id: SessionId, half: Half, res: i32, slot: Option<u16>) {
+    pub fn on_recv(&mut self, id: SessionId, half: Half, res: i32, slot: Option<u16>) -> Next {
         let size = self.driver.buffers().slot_size();
         let cap = self.settings.max_in_flight;
         let Some(s) = self.table.get_mut(id) else {
             self.drop_received(slot);
-            return;
+            return Next::Continue;
         };
         let probing = s.dir_mut(half).probing();
         s.dir_mut(half).set_probing(false);
@@ -82,7 +83,7 @@ impl<D: Driver> Context<D> {
         }
         if s.state != State::Active {
             self.drop_received(slot);
-            return;
+            return Next::Continue;
         }
         match (res, slot) {
             (n, Some(slot)) if n > 0 => {
@@ -115,17 +116,19 @@ impl<D: Driver> Context<D> {
                     self.start_send(id, half);
                     self.arm_recv(id, half);
                 }
+                Next::Continue
             }
             (e, _) if probing && e == -libc::EAGAIN => {
                 // Nothing more queued: send what was gathered, then wait for data.
                 self.start_send(id, half);
                 self.arm_recv(id, half);
+                Next::Continue
             }
             (0, _) => {
                 s.dir_mut(half).set_eof(true);
                 self.drop_received(slot);
                 self.start_send(id, half);
-                self.pass_fin(id, half);
+                self.pass_fin(id, half)
             }
             (e, _) if e == -libc::ENOBUFS => {
                 s.dir_mut(half).set_parked(true);
@@ -146,14 +149,15 @@ impl<D: Driver> Context<D> {
                 // What was gathered goes out; slots may have come back meanwhile.
                 self.start_send(id, half);
                 self.serve_waiters();
+                Next::Continue
             }
             (e, slot) => {
                 self.drop_received(slot);
-                if e != -libc::ECANCELED {
-                    self.count_peer_error(id, half, true, e);
-                    // The source of `half` failed.
-                    self.peer_failed(id, half == Half::ClientToUpstream);
+                if e == -libc::ECANCELED {
+                    return Next::Continue;
                 }
+                self.count_peer_error(id, half.source(), e);
+                self.peer_failed(id, half.source())
             }
         }
     }
@@ -195,33 +199,33 @@ impl<D: Driver> Context<D> {
         submit(&mut self.driver, s, id, what);
     }
 
-    pub fn on_send(&mut self, id: SessionId, half: Half, slot: u16, c: Completion) {
+    pub fn on_send(&mut self, id: SessionId, half: Half, slot: u16, c: Completion) -> Next {
         let res = c.res;
         if c.notif {
             // The kernel is done with a zero-copy send's pages.
             self.release_slot(slot);
-            return;
+            return Next::Continue;
         }
         if c.more {
             // A zero-copy send: its notification will follow and holds the slot till then.
             self.driver.buffers_mut().retain(slot);
         }
-        self.on_sent(id, half, res);
+        self.on_sent(id, half, res)
     }
 
-    pub fn on_send_msg(&mut self, id: SessionId, half: Half, msg: u16, res: i32) {
+    pub fn on_send_msg(&mut self, id: SessionId, half: Half, msg: u16, res: i32) -> Next {
         self.driver.release_msg(msg);
-        self.on_sent(id, half, res);
+        self.on_sent(id, half, res)
     }
 
     /// A send of `half` completed with `res`: drop what went out, go on.
-    fn on_sent(&mut self, id: SessionId, half: Half, res: i32) {
+    fn on_sent(&mut self, id: SessionId, half: Half, res: i32) -> Next {
         let Some(s) = self.table.get_mut(id) else {
-            return;
+            return Next::Continue;
         };
         s.dir_mut(half).set_sending(false);
         if s.state != State::Active {
-            return;
+            return Next::Continue;
         }
         if s.dir_mut(half).dead() {
             // The destination failed while this send was in flight: now that the kernel
@@ -229,15 +233,14 @@ impl<D: Driver> Context<D> {
             if self.driver.buffers_mut().clear(&mut s.dir_mut(half).queue) > 0 {
                 self.serve_waiters();
             }
-            return;
+            return Next::Continue;
         }
         if res <= 0 {
-            if res != -libc::ECANCELED {
-                self.count_peer_error(id, half, false, res);
-                // The destination of `half` failed.
-                self.peer_failed(id, half != Half::ClientToUpstream);
+            if res == -libc::ECANCELED {
+                return Next::Continue;
             }
-            return;
+            self.count_peer_error(id, half.destination(), res);
+            return self.peer_failed(id, half.destination());
         }
         // The destination took bytes: the send timeout starts again.
         s.dir_mut(half).waiting_since = self.now_ms as u32;
@@ -251,51 +254,49 @@ impl<D: Driver> Context<D> {
         }
         self.start_send(id, half);
         self.arm_recv(id, half);
-        self.pass_fin(id, half);
+        self.pass_fin(id, half)
     }
 
     /// Passes a FIN from `half`'s source to its destination once everything received
-    /// before it is sent; closes the session when both directions are done.
-    fn pass_fin(&mut self, id: SessionId, half: Half) {
+    /// before it is sent; the session closes when both directions are done.
+    pub(super) fn pass_fin(&mut self, id: SessionId, half: Half) -> Next {
         let Some(s) = self.table.get_mut(id) else {
-            return;
+            return Next::Continue;
         };
         let d = s.dir(half);
         if !d.eof() || d.shut() || d.sending() || !d.queue.is_empty() {
-            return;
+            return Next::Continue;
         }
         let (_, dst) = s.fds(half);
         // ENOTCONN: the destination is already gone; its own direction reports that.
         let _ = sys::shutdown_write(dst);
         s.dir_mut(half).set_shut(true);
         if s.dirs.iter().all(|d| d.shut()) {
-            self.begin_close(id, Close::Fin);
+            Next::Close(Close::Fin)
+        } else {
+            Next::Continue
         }
     }
 
-    /// One peer of a session failed (reset or error; `client` says which). What was
-    /// queued for the *other* peer is still delivered, then that peer gets a FIN; what
-    /// was queued for the failed peer is dropped, since nobody can receive it. When
-    /// nothing is left for the other peer (neither in our slots nor unsent in its
-    /// socket), the failure is passed on at once as a reset, as before.
-    pub fn peer_failed(&mut self, id: SessionId, client: bool) {
+    /// One peer of a session failed (reset or error). What was queued for the *other*
+    /// peer is still delivered, then that peer gets a FIN; what was queued for the failed
+    /// peer is dropped, since nobody can receive it. When nothing is left for the other
+    /// peer (neither in our slots nor unsent in its socket), the failure is passed on at
+    /// once as a reset.
+    pub fn peer_failed(&mut self, id: SessionId, failed: Peer) -> Next {
         // `to_dead` sends to the failed peer; `from_dead` receives from it.
-        let (to_dead, from_dead) = if client {
-            (Half::UpstreamToClient, Half::ClientToUpstream)
-        } else {
-            (Half::ClientToUpstream, Half::UpstreamToClient)
-        };
+        let (to_dead, from_dead) = (failed.inbound(), failed.outbound());
         let Some(s) = self.table.get_mut(id) else {
-            return;
+            return Next::Continue;
         };
         if s.state != State::Active || s.dir(to_dead).dead() {
-            return;
+            return Next::Continue;
         }
         let (_, survivor) = s.fds(from_dead);
         let d = s.dir(from_dead);
         let owed = !d.queue.is_empty() || d.sending() || sys::unsent_bytes(survivor) > 0;
         if !owed || d.shut() {
-            return self.begin_close(id, Close::Reset);
+            return Next::Close(Close::Reset);
         }
         s.flushing = true;
         let dead = s.dir_mut(to_dead);
@@ -309,37 +310,35 @@ impl<D: Driver> Context<D> {
             s.dir_mut(from_dead).set_eof(true);
         }
         self.start_send(id, from_dead);
-        self.pass_fin(id, from_dead);
+        self.pass_fin(id, from_dead)
     }
 
     /// A parked direction's source was reset or shut down. A reset (`POLLERR`) fails
     /// the source as a receive would; a shutdown with nothing unread before it is its
     /// EOF. With data before the FIN, the direction waits for a slot as before.
-    pub fn on_hangup(&mut self, id: SessionId, half: Half, res: i32) {
+    pub fn on_hangup(&mut self, id: SessionId, half: Half, res: i32) -> Next {
         let Some(s) = self.table.get_mut(id) else {
-            return;
+            return Next::Continue;
         };
         s.dir_mut(half).set_hup_armed(false);
         if res < 0 || s.state != State::Active || !s.dir_mut(half).parked() {
-            return;
+            return Next::Continue;
         }
         let (src, _) = s.fds(half);
         let ev = res as i16;
         if ev & libc::POLLERR != 0 {
-            self.count_peer_error(
-                id,
-                half,
-                true,
-                -sys::socket_error(src).unwrap_or(libc::ECONNRESET),
-            );
-            self.peer_failed(id, half == Half::ClientToUpstream);
+            let err = -sys::socket_error(src).unwrap_or(libc::ECONNRESET);
+            self.count_peer_error(id, half.source(), err);
+            self.peer_failed(id, half.source())
         } else if ev & (libc::POLLRDHUP | libc::POLLHUP) != 0 && sys::unread_bytes(src) == 0 {
             // POLLHUP alone is both sides shut down (our FIN passed, theirs came): an EOF.
             let d = &mut s.dir_mut(half);
             d.set_parked(false);
             d.set_eof(true);
             self.start_send(id, half);
-            self.pass_fin(id, half);
+            self.pass_fin(id, half)
+        } else {
+            Next::Continue
         }
     }
 
@@ -384,9 +383,8 @@ impl<D: Driver> Context<D> {
         }
     }
 
-    fn count_peer_error(&mut self, id: SessionId, half: Half, receiving: bool, res: i32) {
-        // Receiving on direction 0, or sending on direction 1, talks to the client.
-        let client_side = (half == Half::ClientToUpstream) == receiving;
+    fn count_peer_error(&mut self, id: SessionId, peer: Peer, res: i32) {
+        let client_side = peer == Peer::Client;
         if client_side {
             self.counters.client_errors += 1;
         } else {

@@ -322,3 +322,36 @@ fn a_stale_completion_is_dropped_and_its_slot_returned() {
     complete(&mut c, user_data, 10, Some(slot));
     assert_eq!(c.driver.buffers().in_use(), 0);
 }
+
+/// The handlers decide; the caller closes. A FIN on each half, after its data: the
+/// first leaves the session going, the second says close with a FIN.
+#[test]
+fn the_second_fin_decides_an_orderly_close() {
+    let mut c = context();
+    let (id, _, _) = active(&mut c);
+    let next = c.on_recv(id, Half::ClientToUpstream, 0, None);
+    assert_eq!(next, Next::Continue, "one half still open");
+    let next = c.on_recv(id, Half::UpstreamToClient, 0, None);
+    assert_eq!(next, Next::Close(Close::Fin));
+    assert!(
+        c.table.get_mut(id).is_some_and(|s| s.state == State::Active),
+        "the handler only decides: the session is closed by whoever applies it"
+    );
+    c.apply(id, next);
+    assert!(c.table.get_mut(id).is_some_and(|s| s.state == State::Draining));
+}
+
+/// A reset of one peer with nothing owed to the other is passed on as a reset.
+#[test]
+fn a_failed_peer_with_nothing_owed_decides_a_reset() {
+    let mut c = context();
+    let (id, _, _) = active(&mut c);
+    let next = c.on_recv(id, Half::UpstreamToClient, -libc::ECONNRESET, None);
+    assert_eq!(next, Next::Close(Close::Reset));
+    assert_eq!(c.counters.upstream_errors, 1, "counted on the side it came from");
+    // A cancelled receive (the session is closing) decides nothing.
+    let (id, _, _) = active(&mut c);
+    let next = c.on_recv(id, Half::ClientToUpstream, -libc::ECANCELED, None);
+    assert_eq!(next, Next::Continue);
+    assert_eq!(c.counters.client_errors, 0);
+}
