@@ -151,7 +151,7 @@ fn eight_thousand_concurrent_sessions_on_one_worker_relay_byte_exact() {
         &yaml,
         dir.path(),
         &[],
-        "warn,sssonector::admin=info,sssonector::worker=info",
+        "warn,sssonector::admin=info,sssonector::proxy=info",
     );
     let addr = proxy.addr_from_log("listening listener=big");
     let admin = proxy.addr_from_log("admin server listening");
