@@ -334,11 +334,16 @@ fn the_second_fin_decides_an_orderly_close() {
     let next = c.on_recv(id, Half::UpstreamToClient, 0, None);
     assert_eq!(next, Next::Close(Close::Fin));
     assert!(
-        c.table.get_mut(id).is_some_and(|s| s.state == State::Active),
+        c.table
+            .get_mut(id)
+            .is_some_and(|s| s.state == State::Active),
         "the handler only decides: the session is closed by whoever applies it"
     );
     c.apply(id, next);
-    assert!(c.table.get_mut(id).is_some_and(|s| s.state == State::Draining));
+    assert!(c
+        .table
+        .get_mut(id)
+        .is_some_and(|s| s.state == State::Draining));
 }
 
 /// A reset of one peer with nothing owed to the other is passed on as a reset.
@@ -348,7 +353,10 @@ fn a_failed_peer_with_nothing_owed_decides_a_reset() {
     let (id, _, _) = active(&mut c);
     let next = c.on_recv(id, Half::UpstreamToClient, -libc::ECONNRESET, None);
     assert_eq!(next, Next::Close(Close::Reset));
-    assert_eq!(c.counters.upstream_errors, 1, "counted on the side it came from");
+    assert_eq!(
+        c.counters.upstream_errors, 1,
+        "counted on the side it came from"
+    );
     // A cancelled receive (the session is closing) decides nothing.
     let (id, _, _) = active(&mut c);
     let next = c.on_recv(id, Half::ClientToUpstream, -libc::ECANCELED, None);
