@@ -40,23 +40,6 @@ impl RequestResponse {
     }
 }
 
-/// What a request/response run measured.
-#[derive(Debug, Clone)]
-pub struct RrReport {
-    pub connections: usize,
-    pub requests: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub elapsed: Duration,
-    pub latency: LatencySummary,
-}
-
-impl RrReport {
-    pub fn requests_per_sec(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
 /// Runs a request/response load; every response is checked against its request.
 pub fn request_response(cfg: &RequestResponse) -> io::Result<RrReport> {
     if cfg.connections == 0 || cfg.payload == 0 {
