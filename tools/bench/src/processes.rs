@@ -151,7 +151,7 @@ pub fn install_signal_cleanup(bench: &'static str) {
 fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: split after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
+    let rest = text.get(text.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
     let ppid = f.get(1)?.parse().ok()?;
@@ -217,4 +217,21 @@ pub fn clock_ticks_per_sec() -> u64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_figures_of_this_process() {
+        let me = std::process::id();
+        let (ppid, _) = proc_stat(me).expect("own /proc/PID/stat");
+        assert!(ppid > 0);
+        let tree = process_tree(ppid);
+        assert!(tree.contains(&me) && tree[0] == ppid, "{tree:?}");
+        assert!(rss_kib(&[me]) > 0);
+        assert!(clock_ticks_per_sec() > 0);
+        assert_eq!(proc_stat(u32::MAX), None);
+    }
 }

@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use sssonector_loopback::{check_response, fill_request};
+
 use super::*;
 
 /// N connections, each sending a `payload`-byte request and reading `payload` bytes back
@@ -121,21 +123,12 @@ async fn rr_connection(
         if limit.is_some_and(|l| tickets.fetch_add(1, Relaxed) >= l) {
             break;
         }
-        // Vary the bytes per connection and per request so a misrouted or stale reply is caught.
-        let seed = id.wrapping_mul(131).wrapping_add(done);
-        for (k, b) in req.iter_mut().enumerate() {
-            *b = seed.wrapping_add(k as u64) as u8;
-        }
+        fill_request(&mut req, id, done);
         let t = Instant::now();
         s.write_all(&req).await?;
         s.read_exact(&mut resp).await?;
         hist.record(t.elapsed().as_nanos() as u64);
-        if resp != req {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("connection {id}: response {done} differs from its request"),
-            ));
-        }
+        check_response(&req, &resp, id, done)?;
         done += 1;
     }
     Ok((done, hist))

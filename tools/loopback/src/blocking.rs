@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::{BulkMode, BulkReport, Histogram, RrReport};
+use crate::{check_response, fill_request, BulkMode, BulkReport, Histogram, RrReport};
 
 /// Bounds each connect, read and write of the loads here.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,21 +116,12 @@ fn rr_connection(
     let mut hist = Histogram::new();
     let mut done: u64 = 0;
     while Instant::now() < deadline {
-        // Vary the bytes per connection and per request so a misrouted or stale reply is caught.
-        let seed = id.wrapping_mul(131).wrapping_add(done);
-        for (k, b) in req.iter_mut().enumerate() {
-            *b = seed.wrapping_add(k as u64) as u8;
-        }
+        fill_request(&mut req, id, done);
         let t = Instant::now();
         s.write_all(&req)?;
         s.read_exact(&mut resp)?;
         hist.record(t.elapsed().as_nanos() as u64);
-        if resp != req {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("connection {id}: response {done} differs from its request"),
-            ));
-        }
+        check_response(&req, &resp, id, done)?;
         done += 1;
     }
     Ok((done, hist))

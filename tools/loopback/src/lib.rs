@@ -28,7 +28,7 @@ mod upstream;
 pub use blocking::echo_blocking;
 pub use histogram::{fmt_latency, Histogram, LatencySummary};
 pub use nofile::{raise_nofile, NOFILE};
-pub use report::{BulkMode, BulkReport, RrReport};
+pub use report::{check_response, fill_request, BulkMode, BulkReport, RrReport};
 pub use upstream::{ServerKind, ServerStats, Upstream};
 
 /// Bytes in a MiB, for throughput figures.

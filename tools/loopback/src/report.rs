@@ -1,5 +1,6 @@
-//! What a load measured: the reports of the request/response and bulk loads, blocking or not.
+//! What a load sends and measured: the request/response load's requests and their check, and the reports of the request/response and bulk loads, blocking or not.
 
+use std::io;
 use std::time::Duration;
 
 use crate::{LatencySummary, MIB};
@@ -55,4 +56,24 @@ impl BulkReport {
     pub fn mib_per_sec(&self) -> f64 {
         self.transferred() as f64 / MIB / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// Request `n` of connection `id` of a request/response load: bytes that differ per
+/// connection and per request, so a misrouted or stale reply is caught.
+pub fn fill_request(req: &mut [u8], id: u64, n: u64) {
+    let seed = id.wrapping_mul(131).wrapping_add(n);
+    for (k, b) in req.iter_mut().enumerate() {
+        *b = seed.wrapping_add(k as u64) as u8;
+    }
+}
+
+/// The echo of request `n` of connection `id` must be the request.
+pub fn check_response(req: &[u8], resp: &[u8], id: u64, n: u64) -> io::Result<()> {
+    if resp == req {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("connection {id}: response {n} differs from its request"),
+    ))
 }
