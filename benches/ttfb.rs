@@ -18,8 +18,6 @@
 //! came sooner than the upstream's delay (served by a connection dialled before they came). Printed, and written as markdown to
 //! `<target dir>/bench-ttfb.md`. A session that fails makes that measurement `failed`.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -30,9 +28,11 @@ use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::peers::{free_port, round_order, setup, Kind, Proxy, Route, Setup};
-use common::report::{
-    cell, machine, markdown_table, median_of, print_table, ratio, raw_cell, summarize, Measured,
+use sssonector_bench::args::{number_arg, quick};
+use sssonector_bench::peers::{columns, free_port, round_order, setup, Proxy, Route, Setup};
+use sssonector_bench::report::{
+    better_peer, column_stats, lineup_cells, lineup_headers, machine, markdown_table, median_of,
+    print_table, raw_cell, Measured,
 };
 
 const GREETING: &[u8; 32] = b"220 slow-greeting upstream ok\r\n\n";
@@ -54,29 +54,9 @@ struct Params {
     max_idle: usize,
 }
 
-/// The value of `--name V` or `--name=V`, parsed as a whole number >= `min`.
-fn number_arg(args: &[String], name: &str, min: usize) -> Result<Option<usize>, String> {
-    let mut found = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = if a == name {
-            Some(it.next().ok_or(format!("{name} needs a value"))?.as_str())
-        } else {
-            a.strip_prefix(name).and_then(|rest| rest.strip_prefix('='))
-        };
-        if let Some(v) = v {
-            match v.parse::<usize>() {
-                Ok(n) if n >= min => found = Some(n),
-                _ => return Err(format!("{name} wants a whole number >= {min}, not {v:?}")),
-            }
-        }
-    }
-    Ok(found)
-}
-
 /// Unknown arguments (cargo bench's own `--bench`) are ignored on purpose.
 fn parse_args(args: &[String]) -> Result<Params, String> {
-    let quick = args.iter().any(|a| a == "--quick");
+    let quick = quick(args);
     let ms = |name: &str, default: u64| -> Result<Duration, String> {
         Ok(Duration::from_millis(
             number_arg(args, name, 0)?.map_or(default, |n| n as u64),
@@ -428,11 +408,11 @@ fn run_rounds(proxies: &[Proxy], dir: &Path, up: &SlowGreeter, p: &Params) -> Ve
         for scenario in [Scenario::Sequential, Scenario::Concurrent] {
             for &i in &order {
                 let proxy = &proxies[i];
-                let sub = dir.join(proxy.kind.name());
+                let sub = dir.join(proxy.name);
                 let measured = fs::create_dir_all(&sub)
                     .map_err(|e| format!("cannot create {}: {e}", sub.display()))
                     .and_then(|()| measure(proxy, &sub, up, scenario, p));
-                let tag = format!("[{}/{}] [{}]", round + 1, p.rounds, proxy.kind.name());
+                let tag = format!("[{}/{}] [{}]", round + 1, p.rounds, proxy.name);
                 let what = match scenario {
                     Scenario::Sequential => "sequential",
                     Scenario::Concurrent => "concurrent",
@@ -456,49 +436,46 @@ fn run_rounds(proxies: &[Proxy], dir: &Path, up: &SlowGreeter, p: &Params) -> Ve
     all
 }
 
+/// Rows of cells, header first: every proxy's column, the ratios of each sssonector
+/// variant to the peers, and, for each variant, whether it meets issue 6's goal.
 fn table(proxies: &[Proxy], results: &[Vec<Results>]) -> Vec<Vec<String>> {
-    let mut rows = vec![vec![
-        "metric".to_string(),
-        "sssonector".into(),
-        "haproxy".into(),
-        "nginx".into(),
-        "sss ÷ haproxy".into(),
-        "sss ÷ nginx".into(),
-        "sss ÷ better peer".into(),
-        "goal".into(),
-    ]];
+    let cols = columns();
+    let ours: Vec<usize> = (0..cols.len())
+        .filter(|&i| cols[i].kind.is_ours())
+        .collect();
+    let mut header = vec!["metric".to_string()];
+    header.extend(lineup_headers(&cols));
+    header.extend(ours.iter().map(|&i| match i {
+        0 => "goal".to_string(),
+        _ => format!("{} goal", cols[i].short),
+    }));
+    let mut rows = vec![header];
     for m in METRICS {
-        let stat = |k: Kind| {
-            let i = proxies.iter().position(|p| p.kind == k)?;
-            let vals: Vec<&Measured> = results[i].iter().map(|r| (m.get)(r)).collect();
-            summarize(&vals)
-        };
-        let (s, h, n) = (
-            stat(Kind::Sssonector),
-            stat(Kind::Haproxy),
-            stat(Kind::Nginx),
-        );
-        let better = match (median_of(&h), median_of(&n)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let d = m.decimals;
-        let mut row = vec![m.label.to_string(), cell(&s, d), cell(&h, d), cell(&n, d)];
-        match m.goal {
-            Some(goal) => {
-                let verdict = match (median_of(&s), better) {
-                    (Some(a), Some(b)) if b > 0.0 && a / b <= goal => "met",
-                    (Some(_), Some(_)) => "not met",
-                    _ => "-",
-                };
-                row.extend([
-                    ratio(median_of(&s), median_of(&h)),
-                    ratio(median_of(&s), median_of(&n)),
-                    ratio(median_of(&s), better),
-                    format!("<= {goal:.1}x: {verdict}"),
-                ]);
-            }
-            None => row.extend(["-", "-", "-", "-"].map(String::from)),
+        let stats = column_stats(&cols, |name| {
+            let i = proxies.iter().position(|p| p.name == name)?;
+            Some(results[i].iter().map(|r| (m.get)(r)).collect())
+        });
+        let mut row = vec![m.label.to_string()];
+        row.extend(lineup_cells(
+            &cols,
+            &stats,
+            m.decimals,
+            false,
+            m.goal.is_some(),
+        ));
+        let better = better_peer(&cols, &stats, false);
+        for &i in &ours {
+            row.push(match m.goal {
+                Some(goal) => {
+                    let verdict = match (median_of(&stats[i]), better) {
+                        (Some(a), Some(b)) if b > 0.0 && a / b <= goal => "met",
+                        (Some(_), Some(_)) => "not met",
+                        _ => "-",
+                    };
+                    format!("<= {goal:.1}x: {verdict}")
+                }
+                None => "-".into(),
+            });
         }
         rows.push(row);
     }
@@ -536,7 +513,7 @@ fn markdown(
     let mut md = String::from("# New-session time to first byte, slow-greeting upstream\n\n");
     let _ = writeln!(md, "{}\n\nMachine: {}\n", mode_line(p), machine());
     for proxy in proxies {
-        let _ = writeln!(md, "- {}: {}", proxy.kind.name(), proxy.version);
+        let _ = writeln!(md, "- {}: {}", proxy.name, proxy.version);
     }
     md.push('\n');
     markdown_table(&mut md, rows, 1);
@@ -547,7 +524,7 @@ fn markdown(
     let mut failures = String::new();
     for m in METRICS {
         for (proxy, rs) in proxies.iter().zip(results) {
-            let mut row = vec![m.label.to_string(), proxy.kind.name().to_string()];
+            let mut row = vec![m.label.to_string(), proxy.name.to_string()];
             row.extend(rs.iter().map(|r| raw_cell((m.get)(r), m.decimals)));
             per_round.push(row);
             for (round, r) in rs.iter().enumerate() {
@@ -556,7 +533,7 @@ fn markdown(
                         failures,
                         "- round {} / {} / {}: {e}",
                         round + 1,
-                        proxy.kind.name(),
+                        proxy.name,
                         m.label
                     );
                 }
@@ -584,7 +561,11 @@ fn main() {
         target_dir,
         work,
         proxies,
-    } = setup("bench-ttfb", Path::new(env!("CARGO_TARGET_TMPDIR")));
+    } = setup(
+        "bench-ttfb",
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        Path::new(env!("CARGO_BIN_EXE_sssonector")),
+    );
     let upstream = match SlowGreeter::start(params.greeting_delay) {
         Ok(u) => u,
         Err(e) => {
@@ -604,7 +585,7 @@ fn main() {
     let rows = table(&proxies, &results);
     println!("\n{}\nMachine: {}", mode_line(&params), machine());
     for p in &proxies {
-        println!("  {}: {}", p.kind.name(), p.version);
+        println!("  {}: {}", p.name, p.version);
     }
     println!();
     print_table(&rows);

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sssonector::loadgen::{self, RequestResponse, ServerKind, Upstream};
-
-const CONNECTIONS: usize = 50;
-const PAYLOAD: usize = 64;
+use sssonector_loadgen::{
+    self as loadgen, RequestResponse, ServerKind, Upstream, BENCH_RR_CONNECTIONS as CONNECTIONS,
+    BENCH_RR_PAYLOAD as PAYLOAD,
+};
 
 fn run(args: &[String]) -> Result<(), String> {
     match args {

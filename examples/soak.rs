@@ -85,15 +85,10 @@ impl Server {
     }
 }
 
-fn echo(mut conn: TcpStream) {
+fn echo(conn: TcpStream) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(300)));
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = conn.read(&mut buf) {
-        if n == 0 || conn.write_all(&buf[..n]).is_err() {
-            return;
-        }
-    }
+    sssonector_loopback::echo_blocking(conn);
 }
 
 #[derive(Default)]

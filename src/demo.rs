@@ -1,7 +1,8 @@
 //! `sssonector demo`: the proxy on the embedded default config in front of a built-in echo upstream.
 //!
 //! It starts the echo upstream, points the default config's listener at it, drives a short
-//! load (request/response, then one bulk stream), prints what the generator measured next to
+//! load (request/response, then one bulk stream; the blocking load of `sssonector-loopback`,
+//! std threads, so the proxy's binary needs no async runtime), prints what the generator measured next to
 //! the proxy's own counters, and keeps the proxy listening so a person can `nc` into it,
 //! until Ctrl-C or until `duration` (counted from the demo's start) has elapsed.
 
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::loadgen::{self, Bulk, BulkMode, RequestResponse, ServerKind, Upstream};
 use crate::metrics::StatsSnapshot;
+use sssonector_loopback::{blocking, ServerKind, Upstream};
 
 const RR_CONNECTIONS: usize = 32;
 const RR_PAYLOAD: usize = 64;
@@ -109,10 +110,7 @@ fn drive_load(addr: SocketAddr) -> io::Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
 
-    let mut rr = RequestResponse::new(addr, RR_CONNECTIONS, RR_PAYLOAD);
-    rr.duration = Some(RR_DURATION);
-    rr.timeout = RR_DURATION + Duration::from_secs(10);
-    let r = loadgen::request_response(&rr)?;
+    let r = blocking::request_response(addr, RR_CONNECTIONS, RR_PAYLOAD, RR_DURATION)?;
     let _ = writeln!(
         out,
         "  request/response  {} connections x {} B, {:.1} s",
@@ -133,9 +131,7 @@ fn drive_load(addr: SocketAddr) -> io::Result<String> {
     );
     let _ = writeln!(out, "    latency         {}", r.latency);
 
-    let mut bulk = Bulk::new(addr, BulkMode::Echo, BULK_BYTES);
-    bulk.timeout = Duration::from_secs(30);
-    let b = loadgen::bulk(&bulk)?;
+    let b = blocking::bulk_echo(addr, BULK_BYTES)?;
     let _ = writeln!(
         out,
         "  bulk (echoed)     {} MiB each way in {:.2} s: {:.0} MiB/s",

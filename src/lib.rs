@@ -29,9 +29,13 @@
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
 //! - [`reload`]: applying a new configuration to the running proxy.
 //! - [`logging`]: rate-limited logging of repeating errors.
-//! - [`loadgen`]: the load generator behind `sssonector demo` and the benchmarks.
 //! - [`demo`]: `sssonector demo`: the proxy on the embedded default config, in front of a
 //!   built-in echo upstream, under a short load.
+//!
+//! The upstreams and loads that exercise the proxy live apart from it, in the workspace's
+//! `tools/`: `sssonector-loopback` (echo, sink and source upstreams and the demo's blocking
+//! load), `sssonector-loadgen` (the tokio load generator of the tests and benches) and
+//! `sssonector-bench` (the benchmark harness).
 //!
 //! [`start`] binds every listener, spawns the workers and returns a [`ProxyHandle`].
 
@@ -50,7 +54,6 @@ pub mod driver;
 pub mod error;
 pub mod health;
 pub mod healthcheck;
-pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

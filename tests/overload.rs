@@ -24,17 +24,7 @@ const CHILD: &str = "SSSONECTOR_OVERLOAD_ECHO_CHILD";
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (children inherit it);
 /// returns the new soft limit.
 fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    lim.rlim_cur
+    sssonector_loopback::raise_nofile(u64::MAX).expect("raise RLIMIT_NOFILE")
 }
 
 /// Not a test of its own: the echo upstream process of the 8000-session test. Does
@@ -50,28 +40,13 @@ fn echo_child() {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let std_listener = listen_local(4096);
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-        println!("echo-addr={}", l.local_addr().expect("addr"));
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
-            });
-        }
-    });
+    // The project's echo upstream: one thread, a few KiB per connection.
+    let echo = sssonector_loopback::Upstream::start(sssonector_loopback::ServerKind::Echo)
+        .expect("echo upstream");
+    println!("echo-addr={}", echo.addr());
+    loop {
+        std::thread::park();
+    }
 }
 
 /// The echo child process; killed when dropped.

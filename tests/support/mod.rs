@@ -239,23 +239,12 @@ impl Upstream {
     }
 }
 
-/// The echo server's per-connection loop.
-pub fn echo_conn(mut conn: TcpStream) {
+/// The echo server's per-connection loop: the project's echo on a blocking socket.
+pub fn echo_conn(conn: TcpStream) {
     if conn.read_timeout().ok().flatten().is_none() {
         let _ = conn.set_read_timeout(Some(2 * IO_TIMEOUT));
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = conn.shutdown(std::net::Shutdown::Write);
+    sssonector_loopback::echo_blocking(conn);
 }
 
 impl Drop for Upstream {

@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use sssonector_loopback::{check_response, fill_request};
+
 use super::*;
 
 /// N connections, each sending a `payload`-byte request and reading `payload` bytes back
@@ -37,23 +39,6 @@ impl RequestResponse {
             requests: None,
             timeout: Duration::from_secs(60),
         }
-    }
-}
-
-/// What a request/response run measured.
-#[derive(Debug, Clone)]
-pub struct RrReport {
-    pub connections: usize,
-    pub requests: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub elapsed: Duration,
-    pub latency: LatencySummary,
-}
-
-impl RrReport {
-    pub fn requests_per_sec(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -138,21 +123,12 @@ async fn rr_connection(
         if limit.is_some_and(|l| tickets.fetch_add(1, Relaxed) >= l) {
             break;
         }
-        // Vary the bytes per connection and per request so a misrouted or stale reply is caught.
-        let seed = id.wrapping_mul(131).wrapping_add(done);
-        for (k, b) in req.iter_mut().enumerate() {
-            *b = seed.wrapping_add(k as u64) as u8;
-        }
+        fill_request(&mut req, id, done);
         let t = Instant::now();
         s.write_all(&req).await?;
         s.read_exact(&mut resp).await?;
         hist.record(t.elapsed().as_nanos() as u64);
-        if resp != req {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("connection {id}: response {done} differs from its request"),
-            ));
-        }
+        check_response(&req, &resp, id, done)?;
         done += 1;
     }
     Ok((done, hist))

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sssonector::loadgen::{self, Bulk, BulkMode, RequestResponse, ServerKind, Upstream};
+use sssonector_loadgen::{self as loadgen, Bulk, BulkMode, RequestResponse, ServerKind, Upstream};
 
 #[test]
 fn request_response_counts_are_exact() {

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::fs;
 
+use crate::peers::Column;
+
 /// One measurement of one round: `None` when it was not run (a skipped peer), the error
 /// when it failed.
 pub type Measured = Option<Result<f64, String>>;
@@ -166,4 +168,66 @@ pub fn machine() -> String {
         "{cores} cores ({cpu}), Linux {kernel}; loopback only; load generator, proxy and \
          upstreams share the cores"
     )
+}
+
+/// A metric's summary in every column of `cols`: `rounds(name)` gives the proxy's values
+/// over the rounds, `None` when that proxy did not run (not installed).
+pub fn column_stats<'a>(
+    cols: &[Column],
+    rounds: impl Fn(&str) -> Option<Vec<&'a Measured>>,
+) -> Vec<Option<Result<Stat, String>>> {
+    cols.iter()
+        .map(|c| rounds(c.name).and_then(|v| summarize(&v)))
+        .collect()
+}
+
+/// The headers of a table's proxy columns: each column's name, then for each sssonector
+/// variant its ratio to every peer and to the better peer (`sss ÷ haproxy`, ...).
+pub fn lineup_headers(cols: &[Column]) -> Vec<String> {
+    let mut h: Vec<String> = cols.iter().map(|c| c.name.to_string()).collect();
+    let peers: Vec<&Column> = cols.iter().filter(|c| !c.kind.is_ours()).collect();
+    for ours in cols.iter().filter(|c| c.kind.is_ours()) {
+        h.extend(peers.iter().map(|p| format!("{} ÷ {}", ours.short, p.name)));
+        h.push(format!("{} ÷ better peer", ours.short));
+    }
+    h
+}
+
+/// The median of the better peer (the highest, or the lowest when lower is better).
+pub fn better_peer(
+    cols: &[Column],
+    stats: &[Option<Result<Stat, String>>],
+    higher_is_better: bool,
+) -> Option<f64> {
+    cols.iter()
+        .zip(stats)
+        .filter(|(c, _)| !c.kind.is_ours())
+        .filter_map(|(_, s)| median_of(s))
+        .reduce(|a, b| if higher_is_better { a.max(b) } else { a.min(b) })
+}
+
+/// The cells under [`lineup_headers`]: each column's `median (min–max)`, then the ratios
+/// of the medians (`-` for every ratio when `ratios` is false).
+pub fn lineup_cells(
+    cols: &[Column],
+    stats: &[Option<Result<Stat, String>>],
+    decimals: usize,
+    higher_is_better: bool,
+    ratios: bool,
+) -> Vec<String> {
+    let mut row: Vec<String> = stats.iter().map(|s| cell(s, decimals)).collect();
+    let best = better_peer(cols, stats, higher_is_better);
+    let peers: Vec<Option<f64>> = cols
+        .iter()
+        .zip(stats)
+        .filter(|(c, _)| !c.kind.is_ours())
+        .map(|(_, s)| median_of(s))
+        .collect();
+    for (_, s) in cols.iter().zip(stats).filter(|(c, _)| c.kind.is_ours()) {
+        let ours = median_of(s);
+        for &p in peers.iter().chain([&best]) {
+            row.push(if ratios { ratio(ours, p) } else { "-".into() });
+        }
+    }
+    row
 }

@@ -1,181 +1,24 @@
-//! The proxies the benches compare (sssonector, HAProxy, nginx): finding them, writing
-//! their configs and running each as a child process that cannot outlive the bench.
+//! The proxies the benches compare (sssonector and its variants, HAProxy, nginx): finding them, writing their configs and starting each; the setup every bench starts from.
+//!
+//! Every proxy runs as a [`Proc`]: a child process that cannot outlive the bench.
+//!
+//! A variant of sssonector (the same binary with other command-line arguments, e.g.
+//! another data plane) is one more line in [`SSSONECTOR_VARIANTS`]: it gets its own
+//! column, ratios to the peers and work directory in every bench.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-/// File descriptors the bench process and its children may need: 4000 client sockets plus
-/// 4000 accepted upstream sockets here, and 8000 in the proxy.
-pub const NOFILE: u64 = 20000;
+use sssonector_loopback::{raise_nofile, NOFILE};
 
-// ---------------------------------------------------------------------------------------------
-// Child processes
-// ---------------------------------------------------------------------------------------------
+use crate::processes::{install_signal_cleanup, Proc};
 
-/// Process groups of live children, so the Ctrl-C handler can kill them too.
-static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-fn kill_group(pgid: i32) {
-    // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-}
-
-/// A proxy under test; its whole process group (nginx's master and worker) dies with it.
-pub struct Proc {
-    child: Child,
-    name: &'static str,
-    stderr_path: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> io::Result<Proc> {
-        let stdout_path = dir.join(format!("{name}.stdout"));
-        let stderr_path = dir.join(format!("{name}.stderr"));
-        // Files, not pipes: nobody drains a pipe during a run, and a full pipe would stall the proxy.
-        cmd.stdout(Stdio::from(fs::File::create(&stdout_path)?))
-            .stderr(Stdio::from(fs::File::create(&stderr_path)?))
-            .stdin(Stdio::null())
-            // Its own group, so one kill reaches every process it forks.
-            .process_group(0);
-        let child = cmd.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot run {:?}: {e}", cmd.get_program()))
-        })?;
-        if let Ok(mut g) = LIVE_GROUPS.lock() {
-            g.push(child.id() as i32);
-        }
-        Ok(Proc {
-            child,
-            name,
-            stderr_path,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until every port accepts a connection; fails early if the process exits.
-    pub fn wait_ready(&mut self, ports: &[u16], limit: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        for &port in ports {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            loop {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    return Err(format!(
-                        "{} exited at start ({status}): {}",
-                        self.name,
-                        self.stderr_tail()
-                    ));
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    break;
-                }
-                if start.elapsed() > limit {
-                    return Err(format!(
-                        "{} did not listen on {addr} within {limit:?}: {}",
-                        self.name,
-                        self.stderr_tail()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
-    }
-
-    /// The process has exited (crashed) since it started.
-    pub fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!(
-                "{} exited ({status}): {}",
-                self.name,
-                self.stderr_tail()
-            )),
-            _ => None,
-        }
-    }
-
-    pub fn stderr_tail(&self) -> String {
-        let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        // A Rust panic says what happened on the line after `panicked at`; show that pair
-        // rather than the last lines of a backtrace.
-        let tail = match lines.iter().position(|l| l.contains("panicked at")) {
-            Some(i) => lines[i..lines.len().min(i + 2)].join(" "),
-            None => lines[lines.len().saturating_sub(3)..].join(" | "),
-        };
-        if tail.is_empty() {
-            "(no stderr)".into()
-        } else {
-            tail
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        kill_group(pgid);
-        let _ = self.child.wait();
-        if let Ok(mut g) = LIVE_GROUPS.lock() {
-            g.retain(|&p| p != pgid);
-        }
-    }
-}
-
-/// On Ctrl-C or SIGTERM, kill every child group before exiting (Drop does not run then).
-/// `bench` names the bench in the messages.
-pub fn install_signal_cleanup(bench: &'static str) {
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]) else {
-        eprintln!("warning: cannot install signal handlers; Ctrl-C may leave proxies running");
-        return;
-    };
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            if let Ok(g) = LIVE_GROUPS.lock() {
-                for &pgid in g.iter() {
-                    kill_group(pgid);
-                }
-            }
-            eprintln!("{bench}: interrupted (signal {sig}); children killed");
-            std::process::exit(130);
-        }
-    });
-}
-
-/// Raises the soft `RLIMIT_NOFILE` up to [`NOFILE`] (or the hard limit); the proxies
-/// inherit it.
-pub fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the plain struct we pass by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        let want = NOFILE.min(lim.rlim_max);
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Proxies
-// ---------------------------------------------------------------------------------------------
-
+/// The program a proxy runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Sssonector,
@@ -184,20 +27,70 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Sssonector => "sssonector",
-            Kind::Haproxy => "haproxy",
-            Kind::Nginx => "nginx",
-        }
+    /// sssonector, in whichever variant, as opposed to a peer.
+    pub fn is_ours(self) -> bool {
+        self == Kind::Sssonector
     }
+}
+
+/// One way of running sssonector that the benches measure.
+pub struct Variant {
+    /// Its column in the reports and its work subdirectory.
+    pub name: &'static str,
+    /// Its name in ratio columns (`sss ÷ haproxy`).
+    pub short: &'static str,
+    /// Arguments it runs with besides `--config`, `--workers 1` and `--admin-listen`.
+    pub args: &'static [&'static str],
+}
+
+/// The sssonector variants every bench measures, in column order. Another one (say
+/// `Variant { name: "sssonector-epoll", short: "sss-epoll", args: &["--data-plane",
+/// "epoll"] }`) is one more line here.
+pub const SSSONECTOR_VARIANTS: &[Variant] = &[Variant {
+    name: "sssonector",
+    short: "sss",
+    args: &[],
+}];
+
+/// The peers, in column order after the sssonector variants.
+pub const PEERS: &[(&str, Kind)] = &[("haproxy", Kind::Haproxy), ("nginx", Kind::Nginx)];
+
+/// A column of a report: a proxy that may or may not be installed (its cells then say
+/// `skipped`).
+#[derive(Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// For sssonector variants: the name in ratio columns.
+    pub short: &'static str,
+}
+
+/// Every proxy a report has a column for: the sssonector variants, then the peers.
+pub fn columns() -> Vec<Column> {
+    SSSONECTOR_VARIANTS
+        .iter()
+        .map(|v| Column {
+            name: v.name,
+            kind: Kind::Sssonector,
+            short: v.short,
+        })
+        .chain(PEERS.iter().map(|&(name, kind)| Column {
+            name,
+            kind,
+            short: name,
+        }))
+        .collect()
 }
 
 /// A proxy to measure: where its binary is and how to start it.
 pub struct Proxy {
     pub kind: Kind,
+    /// Its column in the reports and its work subdirectory: a variant's name, or the peer's.
+    pub name: &'static str,
     pub bin: PathBuf,
     pub version: String,
+    /// sssonector's extra arguments (its variant's).
+    args: &'static [&'static str],
     /// `load_module` line for nginx's stream module, when it is built as a dynamic module.
     nginx_stream_module: Option<PathBuf>,
 }
@@ -306,7 +199,10 @@ impl Proxy {
                 let path = dir.join("sssonector.yaml");
                 fs::write(&path, y).map_err(|e| format!("cannot write config: {e}"))?;
                 cmd = Command::new(&self.bin);
-                cmd.arg("--config").arg(&path).args(["--workers", "1"]);
+                cmd.arg("--config")
+                    .arg(&path)
+                    .args(["--workers", "1"])
+                    .args(self.args);
                 // The admin server on a free port: 9090 may be taken on this host. A build
                 // from before the admin server (SSSONECTOR_BENCH_BIN, to compare) has no
                 // such flag: SSSONECTOR_BENCH_LEGACY=1 leaves it out.
@@ -368,30 +264,40 @@ impl Proxy {
                     .args(["-g", "daemon off;"]);
             }
         }
-        let mut proc = Proc::spawn(self.kind.name(), cmd, dir).map_err(|e| e.to_string())?;
+        let mut proc = Proc::spawn(self.name, cmd, dir).map_err(|e| e.to_string())?;
         let ports: Vec<u16> = routes.iter().map(|r| r.port).collect();
         proc.wait_ready(&ports, Duration::from_secs(10))?;
         Ok(proc)
     }
 }
 
-/// sssonector (this build's binary, or the one `SSSONECTOR_BENCH_BIN` names, to measure
-/// an older build side by side) and whichever peers are installed, with their versions;
-/// and a line for each peer that is missing.
-pub fn discover() -> (Vec<Proxy>, Vec<String>) {
+/// sssonector's variants (each running `sssonector`, this build's binary, or the one
+/// `SSSONECTOR_BENCH_BIN` names, to measure an older build side by side) and whichever
+/// peers are installed, with their versions; and a line for each peer that is missing.
+pub fn discover(sssonector: &Path) -> (Vec<Proxy>, Vec<String>) {
     let sssonector = std::env::var_os("SSSONECTOR_BENCH_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sssonector")));
-    let mut proxies = vec![Proxy {
-        kind: Kind::Sssonector,
-        version: first_line({
-            let mut c = Command::new(&sssonector);
-            c.arg("--version");
-            c
-        }) + &format!(" (--workers 1, {})", sssonector.display()),
-        bin: sssonector,
-        nginx_stream_module: None,
-    }];
+        .unwrap_or_else(|| sssonector.to_path_buf());
+    let version = first_line({
+        let mut c = Command::new(&sssonector);
+        c.arg("--version");
+        c
+    });
+    let mut proxies: Vec<Proxy> = SSSONECTOR_VARIANTS
+        .iter()
+        .map(|v| Proxy {
+            kind: Kind::Sssonector,
+            name: v.name,
+            version: format!(
+                "{version} (--workers 1{}, {})",
+                v.args.iter().map(|a| format!(" {a}")).collect::<String>(),
+                sssonector.display()
+            ),
+            bin: sssonector.clone(),
+            args: v.args,
+            nginx_stream_module: None,
+        })
+        .collect();
     let mut missing = Vec::new();
     match find_in_path("haproxy") {
         Some(bin) => {
@@ -399,8 +305,10 @@ pub fn discover() -> (Vec<Proxy>, Vec<String>) {
             c.arg("-v");
             proxies.push(Proxy {
                 kind: Kind::Haproxy,
+                name: "haproxy",
                 version: first_line(c) + " (mode tcp, nbthread 1)",
                 bin,
+                args: &[],
                 nginx_stream_module: None,
             });
         }
@@ -413,8 +321,10 @@ pub fn discover() -> (Vec<Proxy>, Vec<String>) {
                 c.arg("-v");
                 proxies.push(Proxy {
                     kind: Kind::Nginx,
+                    name: "nginx",
                     version: first_line(c) + " (stream, worker_processes 1)",
                     bin,
+                    args: &[],
                     nginx_stream_module: module,
                 });
             }
@@ -440,17 +350,20 @@ pub struct Setup {
     pub target_dir: PathBuf,
     /// The bench's work dir (configs and logs of the last run), emptied at each start.
     pub work: PathBuf,
-    /// sssonector and the peers that are installed.
+    /// sssonector's variants and the peers that are installed.
     pub proxies: Vec<Proxy>,
 }
 
 /// Cleanup on Ctrl-C, the fd limit, the work dir `<tmpdir>/<bench>`, and the proxies;
 /// exits the process when the work dir cannot be made, or (under `CI=true`) a peer is
-/// missing. `tmpdir` is the bench's `CARGO_TARGET_TMPDIR`.
-pub fn setup(bench: &'static str, tmpdir: &Path) -> Setup {
+/// missing. `tmpdir` is the bench's `CARGO_TARGET_TMPDIR`, `sssonector` the proxy's binary
+/// (`CARGO_BIN_EXE_sssonector`).
+pub fn setup(bench: &'static str, tmpdir: &Path, sssonector: &Path) -> Setup {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     install_signal_cleanup(bench);
-    raise_nofile();
+    if let Err(e) = raise_nofile(NOFILE) {
+        eprintln!("{bench}: cannot raise RLIMIT_NOFILE: {e}");
+    }
     let target_dir = tmpdir
         .parent()
         .map(Path::to_path_buf)
@@ -461,7 +374,7 @@ pub fn setup(bench: &'static str, tmpdir: &Path) -> Setup {
         eprintln!("{bench}: cannot create {}: {e}", work.display());
         std::process::exit(1);
     }
-    let (proxies, missing) = discover();
+    let (proxies, missing) = discover(sssonector);
     for m in &missing {
         eprintln!("{bench}: {m}; skipping it (benches/install-peers.sh installs the peers)");
     }

@@ -9,17 +9,6 @@ use tokio::net::TcpStream;
 
 use super::*;
 
-/// Which way a bulk stream flows, and what the target must be in front of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BulkMode {
-    /// Send `bytes` to a sink, half-close, wait for the sink's byte count.
-    Sink,
-    /// Ask a source for `bytes` and read them.
-    Source,
-    /// Send `bytes` to an echo server while reading them back.
-    Echo,
-}
-
 /// One stream moving `bytes` through the target.
 #[derive(Debug, Clone)]
 pub struct Bulk {
@@ -40,31 +29,6 @@ impl Bulk {
             chunk: 256 * 1024,
             timeout: Duration::from_secs(120),
         }
-    }
-}
-
-/// What a bulk run measured.
-#[derive(Debug, Clone)]
-pub struct BulkReport {
-    pub mode: BulkMode,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// The byte count the sink acknowledged (sink mode only).
-    pub confirmed: Option<u64>,
-    pub elapsed: Duration,
-}
-
-impl BulkReport {
-    /// Bytes that crossed the proxy in the measured direction.
-    pub fn transferred(&self) -> u64 {
-        match self.mode {
-            BulkMode::Sink => self.confirmed.unwrap_or(0),
-            BulkMode::Source | BulkMode::Echo => self.bytes_received,
-        }
-    }
-
-    pub fn mib_per_sec(&self) -> f64 {
-        self.transferred() as f64 / MIB / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
