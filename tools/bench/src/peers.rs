@@ -43,17 +43,37 @@ pub struct Variant {
     pub args: &'static [&'static str],
 }
 
-/// The sssonector variants every bench measures, in column order. Another one (say
-/// `Variant { name: "sssonector-epoll", short: "sss-epoll", args: &["--data-plane",
-/// "epoll"] }`) is one more line here.
-pub const SSSONECTOR_VARIANTS: &[Variant] = &[Variant {
-    name: "sssonector",
-    short: "sss",
-    args: &[],
-}];
+/// The sssonector variants every bench measures, in column order; another one is one
+/// more line here. `sssonector` runs on the default `data_plane: auto` (io_uring on a
+/// machine that allows it, and a build from before the epoll driver understands it);
+/// the epoll column is the price of the fallback that a container under a seccomp
+/// profile refusing io_uring gets. `SSSONECTOR_BENCH_VARIANTS=sssonector` (a comma
+/// list) measures only those, e.g. for an older build given as `SSSONECTOR_BENCH_BIN`.
+pub const SSSONECTOR_VARIANTS: &[Variant] = &[
+    Variant {
+        name: "sssonector",
+        short: "sss",
+        args: &[],
+    },
+    Variant {
+        name: "sssonector-epoll",
+        short: "sss-epoll",
+        args: &["--data-plane", "epoll"],
+    },
+];
 
 /// The peers, in column order after the sssonector variants.
 pub const PEERS: &[(&str, Kind)] = &[("haproxy", Kind::Haproxy), ("nginx", Kind::Nginx)];
+
+/// The variants this run measures (`SSSONECTOR_BENCH_VARIANTS`, else all).
+fn variants() -> impl Iterator<Item = &'static Variant> {
+    let chosen = std::env::var("SSSONECTOR_BENCH_VARIANTS").ok();
+    SSSONECTOR_VARIANTS.iter().filter(move |v| {
+        chosen
+            .as_deref()
+            .map_or(true, |list| list.split(',').any(|n| n.trim() == v.name))
+    })
+}
 
 /// A column of a report: a proxy that may or may not be installed (its cells then say
 /// `skipped`).
@@ -67,8 +87,7 @@ pub struct Column {
 
 /// Every proxy a report has a column for: the sssonector variants, then the peers.
 pub fn columns() -> Vec<Column> {
-    SSSONECTOR_VARIANTS
-        .iter()
+    variants()
         .map(|v| Column {
             name: v.name,
             kind: Kind::Sssonector,
@@ -283,8 +302,7 @@ pub fn discover(sssonector: &Path) -> (Vec<Proxy>, Vec<String>) {
         c.arg("--version");
         c
     });
-    let mut proxies: Vec<Proxy> = SSSONECTOR_VARIANTS
-        .iter()
+    let mut proxies: Vec<Proxy> = variants()
         .map(|v| Proxy {
             kind: Kind::Sssonector,
             name: v.name,
