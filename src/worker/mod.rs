@@ -21,6 +21,8 @@ mod start;
 
 pub(crate) use start::{spawn, WorkerParts};
 
+/// Completions a worker reaps at once without growing its batch.
+const CQES_KEPT: usize = 1024;
 /// How long a stopping worker waits for zero-copy notifications of closed sessions.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -61,7 +63,7 @@ impl<D: Driver> Worker<D> {
         self.arm_tick(false);
         self.arm_wake();
         self.ctx.refill();
-        let mut cqes = Vec::with_capacity(1024);
+        let mut cqes = Vec::with_capacity(CQES_KEPT);
         let mut stop_deadline = self.ctx.now;
         loop {
             let entered =
@@ -92,6 +94,10 @@ impl<D: Driver> Worker<D> {
             self.ctx.driver.reap(&mut cqes);
             for &c in &cqes {
                 self.handle(c);
+            }
+            // A burst's batch must not stay resident once it is handled.
+            if cqes.capacity() > 4 * CQES_KEPT {
+                cqes = Vec::with_capacity(CQES_KEPT);
             }
             if self.ctx.stopping && self.ctx.table.is_empty() {
                 if !self.cancelled_all {

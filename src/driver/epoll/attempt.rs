@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::calls::{self, Sys};
-use super::{Epoll, ReadOp, TimerKind, WriteOp, ACCEPT_BATCH, FRESH_HUP, FRESH_READ, FRESH_WRITE};
+use super::{
+    Epoll, ReadOp, TimerKind, WriteOp, ACCEPT_BATCH, FRESH_HUP, FRESH_READ, FRESH_WRITE,
+    SPARE_WRITES,
+};
 use crate::driver::sys;
 
 impl Epoll {
@@ -48,7 +51,10 @@ impl Epoll {
                 self.complete(timeout_user_data, t, false, None);
             }
         }
-        self.spare_writes.push(op);
+        // Keep a few for the next sends; a burst of dials must not stay resident.
+        if self.spare_writes.len() < SPARE_WRITES {
+            self.spare_writes.push(op);
+        }
     }
 
     /// Tries the ops of `fd` on the sides given.

@@ -29,6 +29,12 @@ mod tests;
 const ACCEPT_BATCH: usize = 64;
 /// Events taken per wait.
 const EVENTS: usize = 1024;
+/// Write ops' boxes kept for reuse.
+const SPARE_WRITES: usize = 64;
+/// Room the driver's queues and timer tables keep once a burst is over: a burst of
+/// thousands of clients would otherwise leave its high-water mark resident, as if each
+/// idle session cost it.
+const KEPT: usize = 1024;
 
 /// What waits on the reading side of an fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -447,6 +453,7 @@ impl Driver for Epoll {
             self.try_fd(fd, sides);
         }
         self.fire_timers(Instant::now());
+        self.shrink_after_burst();
         Ok(Entered::Ok)
     }
 
@@ -458,10 +465,34 @@ impl Driver for Epoll {
             }
             out.push(c);
         }
+        if self.ready.capacity() > KEPT {
+            self.ready.shrink_to(KEPT);
+        }
     }
 }
 
 impl Epoll {
+    /// Gives back what a burst grew: room in the queues once they are empty, and in the
+    /// timer tables once they are a quarter full.
+    fn shrink_after_burst(&mut self) {
+        if self.to_try.is_empty() && self.to_try.capacity() > KEPT {
+            self.to_try.shrink_to(KEPT);
+        }
+        if self.trying.capacity() > KEPT {
+            self.trying.shrink_to(KEPT);
+        }
+        let timers = self.timers.len();
+        if self.timers.capacity() > KEPT && timers * 4 < self.timers.capacity() {
+            self.timers.shrink_to(KEPT.max(timers * 2));
+            self.timer_ids.shrink_to(KEPT.max(timers * 2));
+        }
+        // Cancelled timers stay in the heap until their deadline: size it by its own length.
+        let pending = self.deadlines.len();
+        if self.deadlines.capacity() > KEPT && pending * 4 < self.deadlines.capacity() {
+            self.deadlines.shrink_to(KEPT.max(pending * 2));
+        }
+    }
+
     fn start_send(&mut self, fd: RawFd, user_data: u64, iov: [libc::iovec; MAX_IOV], parts: usize) {
         self.in_flight += 1;
         let op = self.write_box(WriteOp::Send {
