@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use super::calls::{self, Sys};
 use super::{
-    Epoll, ReadOp, TimerKind, WriteOp, ACCEPT_BATCH, FRESH_HUP, FRESH_READ, FRESH_WRITE,
-    SPARE_WRITES,
+    Epoll, Outgoing, ReadOp, TimerKind, WriteOp, ACCEPT_BATCH, FRESH_HUP, FRESH_READ, FRESH_WRITE,
 };
-use crate::driver::sys;
+use crate::driver::{sys, MAX_IOV};
 
 impl Epoll {
     /// The read-side op of `fd` ends with `res`.
@@ -30,10 +29,11 @@ impl Epoll {
     /// The write-side op of `fd` ends with `res`; a connect's timeout is cancelled, or
     /// (`timed_out`) reports that it fired.
     pub(super) fn finish_write(&mut self, fd: RawFd, res: i32, timed_out: bool) {
-        let Some(op) = self.fd(fd).write.take() else {
+        let Some(op) = self.writes.remove(&fd) else {
             return;
         };
-        match *op {
+        self.fd(fd).writing = false;
+        match op {
             WriteOp::Send { user_data, .. } => self.complete(user_data, res, false, None),
             WriteOp::Connect {
                 user_data,
@@ -50,10 +50,6 @@ impl Epoll {
                 };
                 self.complete(timeout_user_data, t, false, None);
             }
-        }
-        // Keep a few for the next sends; a burst of dials must not stay resident.
-        if self.spare_writes.len() < SPARE_WRITES {
-            self.spare_writes.push(op);
         }
     }
 
@@ -103,7 +99,14 @@ impl Epoll {
                         let len = self.buffers.slot_size();
                         let buf = self.buffers.free_slot_ptr(slot);
                         match calls::recv(fd, buf, len) {
-                            Ok(n) if n > 0 => self.finish_read(fd, n as i32, Some(slot)),
+                            Ok(n) if n > 0 => {
+                                // A short read took all there was (TCP hands over what is
+                                // queued, up to the length asked), unless it stopped at a
+                                // FIN whose edge has come and gone.
+                                let f = self.fd(fd);
+                                f.drained = n < len && !f.ended;
+                                self.finish_read(fd, n as i32, Some(slot));
+                            }
                             r => {
                                 self.buffers.unpop(slot);
                                 self.after_empty_read(fd, r, probe, 0);
@@ -132,22 +135,49 @@ impl Epoll {
         match r {
             Ok(0) => self.finish_read(fd, 0, None),
             Ok(_) => self.finish_read(fd, data_res, None),
-            Err(libc::EAGAIN) if probe => self.finish_read(fd, -libc::EAGAIN, None),
-            Err(libc::EAGAIN) => {}
+            Err(libc::EAGAIN) => {
+                let f = self.fd(fd);
+                f.drained = !f.ended;
+                if probe {
+                    self.finish_read(fd, -libc::EAGAIN, None);
+                }
+            }
             Err(e) => self.finish_read(fd, -e, None),
         }
     }
 
     pub(super) fn try_write(&mut self, fd: RawFd) {
-        let Some(mut op) = self.fd(fd).write.take() else {
+        let Some(op) = self.writes.get_mut(&fd) else {
             return;
         };
-        let outcome = match &mut *op {
-            WriteOp::Send { iov, parts, .. } => match calls::sendmsg(fd, &iov[..*parts]) {
-                Ok(n) => Some(n as i32),
-                Err(libc::EAGAIN) => None,
-                Err(e) => Some(-e),
-            },
+        let outcome = match op {
+            WriteOp::Send { what, .. } => {
+                let mut iov = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOV];
+                let mut parts = 0;
+                let mut add = |p| {
+                    iov[parts] = libc::iovec {
+                        iov_base: self.buffers.ptr(p).cast_mut().cast(),
+                        iov_len: p.len(),
+                    };
+                    parts += 1;
+                };
+                match *what {
+                    Outgoing::One(p) => add(p),
+                    Outgoing::Queue(q) => {
+                        for p in self.buffers.pending(&q).take(q.len().min(MAX_IOV)) {
+                            add(p);
+                        }
+                    }
+                }
+                match calls::sendmsg(fd, &iov[..parts]) {
+                    Ok(n) => Some(n as i32),
+                    Err(libc::EAGAIN) => None,
+                    Err(e) => Some(-e),
+                }
+            }
             WriteOp::Connect {
                 started: started @ false,
                 endpoint,
@@ -167,7 +197,6 @@ impl Epoll {
                 _ => None,
             },
         };
-        self.fd(fd).write = Some(op);
         if let Some(res) = outcome {
             self.finish_write(fd, res, false);
         }
@@ -195,7 +224,7 @@ impl Epoll {
             n += 1;
             self.finish_hup(fd, res);
         }
-        if self.fd(fd).write.is_some() {
+        if self.fd(fd).writing {
             n += 1;
             self.finish_write(fd, res, false);
         }

@@ -5,9 +5,12 @@
 //! [`Driver::submit_and_wait`]; what would block waits for an edge of the fd's
 //! edge-triggered interest (`EPOLLIN | EPOLLOUT | EPOLLRDHUP`, registered once per fd).
 //! Because every new op is tried before waiting, an edge that came while no op was
-//! pending is never needed. A receive takes a free slot only for the call that finds
-//! data (else it gives it straight back), so an idle session holds no buffer here
-//! either. Timers (connect timeouts, retry waits, the tick) live in a heap.
+//! pending is never needed; the one exception is a receive on an fd whose last receive
+//! drained it (a short read or `EAGAIN`): it waits for the next `EPOLLIN` edge, which
+//! every arrival of data raises, instead of a receive bound to fail. A receive takes a
+//! free slot only for the call that finds data (else it gives it straight back), so an
+//! idle session holds no buffer here either. Timers (connect timeouts, retry waits, the
+//! tick) live in a heap.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::{BufferRegistry, Pending, SlotQueue};
 use crate::driver::sys::{self, RawSockAddr};
-use crate::driver::{Completion, Driver, Entered, SendOp, MAX_IOV};
+use crate::driver::{Completion, Driver, Entered, SendOp};
 
 mod attempt;
 mod calls;
@@ -29,8 +32,6 @@ mod tests;
 const ACCEPT_BATCH: usize = 64;
 /// Events taken per wait.
 const EVENTS: usize = 1024;
-/// Write ops' boxes kept for reuse.
-const SPARE_WRITES: usize = 64;
 /// Room the driver's queues and timer tables keep once a burst is over: a burst of
 /// thousands of clients would otherwise leave its high-water mark resident, as if each
 /// idle session cost it.
@@ -49,14 +50,12 @@ enum ReadOp {
     Wake,
 }
 
-/// What waits on the writing side of an fd. Boxed in [`FdOps`] and reused, so the
-/// size of a send's iovecs costs nothing per idle fd.
-#[allow(clippy::large_enum_variant)]
+/// What waits on the writing side of an fd, in a table by fd while it waits: idle fds
+/// pay nothing for it, and the table gives its room back after a burst of dials.
 enum WriteOp {
     Send {
         user_data: u64,
-        iov: [libc::iovec; MAX_IOV],
-        parts: usize,
+        what: Outgoing,
     },
     Connect {
         user_data: u64,
@@ -68,17 +67,34 @@ enum WriteOp {
     },
 }
 
-/// The ops pending on one fd (indexed by fd number: 32 bytes per fd).
+/// What a send sends: the iovecs are made when it is tried, from slots the sending
+/// half holds until the send completes.
+#[derive(Clone, Copy)]
+enum Outgoing {
+    One(Pending),
+    /// The first parts (up to [`crate::driver::MAX_IOV`]) of the queue as it was when the send was
+    /// submitted; later slots join its tail and are not part of this send.
+    Queue(SlotQueue),
+}
+
+/// The ops pending on one fd (indexed by fd number: 24 bytes per fd).
 #[derive(Default)]
 struct FdOps {
     /// `user_data` of the read-side op (0: none; the worker never submits 0).
     read: u64,
     /// `user_data` of the hang-up watch (0: none).
     hup: u64,
-    write: Option<Box<WriteOp>>,
     read_op: ReadOp,
+    /// A write-side op waits in `Epoll::writes`.
+    writing: bool,
     /// Registered with the epoll set.
     watched: bool,
+    /// The last receive took all there was: the next waits for an `EPOLLIN` edge.
+    drained: bool,
+    /// The peer shut down or the socket failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`
+    /// seen): its edge is spent, and a short read may stop at a FIN still queued, so
+    /// receives are always tried from now on.
+    ended: bool,
     /// In `to_try`, with which sides new.
     fresh: u8,
 }
@@ -89,7 +105,7 @@ const FRESH_HUP: u8 = 4;
 
 impl FdOps {
     fn is_idle(&self) -> bool {
-        self.read == 0 && self.hup == 0 && self.write.is_none()
+        self.read == 0 && self.hup == 0 && !self.writing
     }
 }
 
@@ -114,9 +130,7 @@ pub(crate) struct Epoll {
     retry_interval: Duration,
     tick: Duration,
     fds: Vec<FdOps>,
-    /// Write ops' boxes kept for reuse: a send per request would otherwise allocate.
-    #[allow(clippy::vec_box)]
-    spare_writes: Vec<Box<WriteOp>>,
+    writes: HashMap<RawFd, WriteOp>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     timers: HashMap<u64, Timer>,
     /// Timer ids by `user_data`, for `cancel_op`.
@@ -145,7 +159,7 @@ impl Epoll {
             retry_interval,
             tick,
             fds: Vec::new(),
-            spare_writes: Vec::new(),
+            writes: HashMap::new(),
             deadlines: BinaryHeap::new(),
             timers: HashMap::new(),
             timer_ids: HashMap::new(),
@@ -204,14 +218,13 @@ impl Epoll {
         Some(t)
     }
 
-    fn write_box(&mut self, op: WriteOp) -> Box<WriteOp> {
-        match self.spare_writes.pop() {
-            Some(mut b) => {
-                *b = op;
-                b
-            }
-            None => Box::new(op),
-        }
+    /// Records the write-side op of `fd`.
+    fn start_write(&mut self, fd: RawFd, op: WriteOp) {
+        let f = self.fd(fd);
+        debug_assert!(!f.writing, "two write-side ops on fd {fd}");
+        f.writing = true;
+        self.writes.insert(fd, op);
+        self.fresh(fd, FRESH_WRITE);
     }
 }
 
@@ -242,35 +255,23 @@ impl Driver for Epoll {
         } else {
             ReadOp::Recv
         };
-        self.fresh(fd, FRESH_READ);
+        // A drained fd (watched since its last receive) has nothing until an edge says
+        // so: a try now would only cost an EAGAIN.
+        if dont_wait || !f.drained {
+            self.fresh(fd, FRESH_READ);
+        }
     }
 
     fn send(&mut self, fd: RawFd, _op: SendOp, part: Pending, user_data: u64) {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOV];
-        iov[0] = libc::iovec {
-            iov_base: self.buffers.ptr(part).cast_mut().cast(),
-            iov_len: part.len(),
-        };
-        self.start_send(fd, user_data, iov, 1);
+        self.in_flight += 1;
+        let what = Outgoing::One(part);
+        self.start_write(fd, WriteOp::Send { user_data, what });
     }
 
     fn send_queue(&mut self, fd: RawFd, queue: &SlotQueue, user_data: &dyn Fn(u16) -> u64) {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOV];
-        let mut parts = 0;
-        for (v, p) in iov.iter_mut().zip(self.buffers.pending(queue)) {
-            *v = libc::iovec {
-                iov_base: self.buffers.ptr(p).cast_mut().cast(),
-                iov_len: p.len(),
-            };
-            parts += 1;
-        }
-        self.start_send(fd, user_data(0), iov, parts);
+        self.in_flight += 1;
+        let (user_data, what) = (user_data(0), Outgoing::Queue(*queue));
+        self.start_write(fd, WriteOp::Send { user_data, what });
     }
 
     fn release_msg(&mut self, _id: u16) {}
@@ -282,17 +283,14 @@ impl Driver for Epoll {
             timeout_user_data,
             TimerKind::ConnectTimeout(fd),
         );
-        let op = self.write_box(WriteOp::Connect {
+        let op = WriteOp::Connect {
             user_data,
             timeout_user_data,
             timer,
             endpoint,
             started: false,
-        });
-        let f = self.fd(fd);
-        debug_assert!(f.write.is_none(), "two write-side ops on fd {fd}");
-        f.write = Some(op);
-        self.fresh(fd, FRESH_WRITE);
+        };
+        self.start_write(fd, op);
     }
 
     fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
@@ -315,11 +313,18 @@ impl Driver for Epoll {
         }
         if !found {
             // Not a timer: an fd's op (rare; the worker cancels timers by id).
-            let fd = self.fds.iter().position(|f| {
-                f.read == target
-                    || f.hup == target
-                    || matches!(f.write.as_deref(), Some(WriteOp::Send { user_data, .. }
-                        | WriteOp::Connect { user_data, .. }) if *user_data == target)
+            let writing = self.writes.iter().find_map(|(&fd, op)| match op {
+                WriteOp::Send { user_data, .. } | WriteOp::Connect { user_data, .. }
+                    if *user_data == target =>
+                {
+                    Some(fd as usize)
+                }
+                _ => None,
+            });
+            let fd = writing.or_else(|| {
+                self.fds
+                    .iter()
+                    .position(|f| f.read == target || f.hup == target)
             });
             if let Some(fd) = fd {
                 let fd = fd as RawFd;
@@ -393,9 +398,9 @@ impl Driver for Epoll {
 
     fn release_fd(&mut self, fd: RawFd, closing: bool) {
         let epfd = self.epfd.as_raw_fd();
-        let f = self.fd(fd);
+        let f = std::mem::take(self.fd(fd));
         debug_assert!(f.is_idle(), "fd {fd} released with an op pending");
-        if std::mem::take(&mut f.watched) && !closing {
+        if f.watched && !closing {
             // It lives on elsewhere (the warm pool): no edge of it may reach this set.
             let _ = calls::unwatch(epfd, fd);
         }
@@ -439,12 +444,23 @@ impl Driver for Epoll {
         for i in 0..self.events.len() {
             let ev = self.events[i];
             let (fd, bits) = (ev.u64 as RawFd, ev.events as i32);
-            if fd as usize >= self.fds.len() || self.fds[fd as usize].is_idle() {
+            let Some(f) = self.fds.get_mut(fd as usize) else {
+                continue;
+            };
+            let failed = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+            let readable = failed || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0;
+            if readable {
+                // Even with no receive pending: the next one must try.
+                f.drained = false;
+            }
+            if failed || bits & libc::EPOLLRDHUP != 0 {
+                f.ended = true;
+            }
+            if f.is_idle() {
                 continue;
             }
-            let failed = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
             let mut sides = 0;
-            if failed || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
+            if readable {
                 sides |= FRESH_READ | FRESH_HUP;
             }
             if failed || bits & libc::EPOLLOUT != 0 {
@@ -481,6 +497,10 @@ impl Epoll {
         if self.trying.capacity() > KEPT {
             self.trying.shrink_to(KEPT);
         }
+        let writes = self.writes.len();
+        if self.writes.capacity() > KEPT && writes * 4 < self.writes.capacity() {
+            self.writes.shrink_to(KEPT.max(writes * 2));
+        }
         let timers = self.timers.len();
         if self.timers.capacity() > KEPT && timers * 4 < self.timers.capacity() {
             self.timers.shrink_to(KEPT.max(timers * 2));
@@ -491,19 +511,6 @@ impl Epoll {
         if self.deadlines.capacity() > KEPT && pending * 4 < self.deadlines.capacity() {
             self.deadlines.shrink_to(KEPT.max(pending * 2));
         }
-    }
-
-    fn start_send(&mut self, fd: RawFd, user_data: u64, iov: [libc::iovec; MAX_IOV], parts: usize) {
-        self.in_flight += 1;
-        let op = self.write_box(WriteOp::Send {
-            user_data,
-            iov,
-            parts,
-        });
-        let f = self.fd(fd);
-        debug_assert!(f.write.is_none(), "two write-side ops on fd {fd}");
-        f.write = Some(op);
-        self.fresh(fd, FRESH_WRITE);
     }
 }
 

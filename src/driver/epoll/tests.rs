@@ -251,3 +251,35 @@ fn the_wake_eventfd_is_read_when_signalled() {
     let c = reap(&mut ep, 1)[0];
     assert_eq!((c.user_data, c.res), (9, 8));
 }
+
+/// A short read waits for the next edge, except where the peer's FIN (whose edge has
+/// come and gone) follows the data: the EOF is still delivered.
+#[test]
+fn after_a_short_read_the_next_receive_waits_for_data_or_the_fin() {
+    let mut ep = driver(4);
+    let (mut peer, ours) = pair();
+    peer.write_all(b"first").expect("write");
+    ep.recv(ours.as_raw_fd(), false, 1);
+    let c = reap(&mut ep, 1)[0];
+    assert_eq!(c.res, 5);
+    ep.buffers_mut().take(c.buffer.expect("slot"));
+    // Drained: the next receive waits for an edge, and data raises one.
+    ep.recv(ours.as_raw_fd(), false, 2);
+    ep.tick(99, true);
+    assert_eq!(reap(&mut ep, 1)[0].user_data, 99, "nothing yet");
+    peer.write_all(b"second").expect("write");
+    let c = reap(&mut ep, 1)[0];
+    assert_eq!((c.user_data, c.res), (2, 6));
+    ep.buffers_mut().take(c.buffer.expect("slot"));
+    // Data and the FIN together: a short read, then the EOF.
+    peer.write_all(b"last").expect("write");
+    peer.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    std::thread::sleep(Duration::from_millis(20));
+    ep.recv(ours.as_raw_fd(), false, 3);
+    let c = reap(&mut ep, 1)[0];
+    assert_eq!((c.user_data, c.res), (3, 4));
+    ep.buffers_mut().take(c.buffer.expect("slot"));
+    ep.recv(ours.as_raw_fd(), false, 4);
+    let c = reap(&mut ep, 1)[0];
+    assert_eq!((c.user_data, c.res, c.buffer), (4, 0, None), "the EOF");
+}
