@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                 print!("{}", config.to_effective_yaml());
                 // Which data plane a start would get here (a YAML comment: the output
                 // stays a loadable config).
-                match sssonector::driver::plan_for(&config) {
+                match sssonector::proxy::plan_for(&config) {
                     Ok(plan) => {
                         println!("# {}", plan.summary());
                         if let Some(why) = &plan.fallback {

@@ -77,7 +77,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     }
 
     warn_if_few_sessions_hold_the_pool(&config, slots);
-    let plan = crate::driver::plan_for(&config)?;
+    let plan = plan_for(&config)?;
     if let Some(why) = &plan.fallback {
         tracing::warn!("{why}");
     }
@@ -350,4 +350,13 @@ impl ShutdownTrigger {
         self.shared.set_stop();
         self.shared.wake_all();
     }
+}
+
+/// The data plane `config` would run on here, and how: what `check` prints and `start`
+/// logs. Probes io_uring; an explicit `data_plane: io_uring` that cannot run is an error.
+pub fn plan_for(config: &crate::Config) -> Result<crate::driver::Plan, crate::ProxyError> {
+    let workers = config.workers.resolve();
+    let b = &config.connection.buffer;
+    let slots = b.max_pool_size.div_ceil(workers).max(1);
+    crate::driver::select::plan(config.data_plane, workers, slots, b.size)
 }

@@ -326,7 +326,7 @@ impl BufferRegistry {
                 let needed = self.count * self.slot_size;
                 let limit = memlock_limit();
                 warn_once(format_args!(
-                    "cannot register {needed} bytes of buffers with io_uring ({e}); the locked-memory limit is {limit}. \
+                    "cannot register {needed} bytes of buffers with io_uring ({e}); the locked-memory limit (RLIMIT_MEMLOCK) is {limit}. \
                      Running with unregistered buffers and plain sends. Fix: raise RLIMIT_MEMLOCK \
                      (`ulimit -l unlimited`, Docker `--ulimit memlock=-1`) or grant CAP_IPC_LOCK"
                 ));
@@ -521,8 +521,22 @@ impl BufferRegistry {
     }
 }
 
+/// `RLIMIT_MEMLOCK` in words, for the warning (the registry's own reading: it depends on
+/// no other module).
 fn memlock_limit() -> String {
-    crate::driver::select::Memlock::current().to_string()
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return "unknown".into();
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} bytes", lim.rlim_cur)
+    }
 }
 
 /// Registers (and at once unregisters) a provided-buffer ring of one entry: whether this

@@ -358,48 +358,7 @@ impl Default for HealthCheckConfig {
     }
 }
 
-/// The `data_plane` key (and `--data-plane`, `SSSONECTOR_DATA_PLANE`): which data plane
-/// runs the workers. `auto` prefers io_uring and falls back to epoll with a warning that
-/// names the cause; `io_uring` refuses to start without it.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DataPlaneSetting {
-    #[default]
-    Auto,
-    IoUring,
-    Epoll,
-}
-
-impl DataPlaneSetting {
-    const CHOICES: [(&'static str, DataPlaneSetting); 3] = [
-        ("auto", DataPlaneSetting::Auto),
-        ("io_uring", DataPlaneSetting::IoUring),
-        ("epoll", DataPlaneSetting::Epoll),
-    ];
-
-    /// The environment variable that overrides the file's `data_plane` (a flag overrides both).
-    pub const ENV: &'static str = "SSSONECTOR_DATA_PLANE";
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DataPlaneSetting::Auto => "auto",
-            DataPlaneSetting::IoUring => "io_uring",
-            DataPlaneSetting::Epoll => "epoll",
-        }
-    }
-}
-
-impl std::str::FromStr for DataPlaneSetting {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        DataPlaneSetting::CHOICES
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| format!("`{s}` is not a data plane; use auto, io_uring or epoll"))
-    }
-}
+pub use crate::driver::DataPlaneSetting;
 
 impl<'de> Deserialize<'de> for DataPlaneSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

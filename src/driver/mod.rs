@@ -19,16 +19,7 @@ pub(crate) mod select;
 pub(crate) mod sys;
 pub(crate) mod uring;
 
-pub use select::{DataPlane, Plan};
-
-/// The data plane `config` would run on here, and how: what `check` prints and `start`
-/// logs. Probes io_uring; an explicit `data_plane: io_uring` that cannot run is an error.
-pub fn plan_for(config: &crate::Config) -> Result<Plan, crate::ProxyError> {
-    let workers = config.workers.resolve();
-    let b = &config.connection.buffer;
-    let slots = b.max_pool_size.div_ceil(workers).max(1);
-    select::plan(config.data_plane, workers, slots, b.size)
-}
+pub use select::{DataPlane, DataPlaneSetting, Plan};
 
 /// The most slots one vectored send carries (and so the largest in-flight cap).
 pub const MAX_IOV: usize = 16;

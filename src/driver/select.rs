@@ -5,7 +5,6 @@
 use std::fmt;
 
 use super::uring;
-use crate::config::DataPlaneSetting;
 use crate::error::ProxyError;
 
 /// The data plane a worker runs on.
@@ -28,6 +27,49 @@ impl DataPlane {
 impl fmt::Display for DataPlane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The `data_plane` key (and `--data-plane`, `SSSONECTOR_DATA_PLANE`): which data plane
+/// runs the workers. `auto` prefers io_uring and falls back to epoll with a warning that
+/// names the cause; `io_uring` refuses to start without it.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPlaneSetting {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl DataPlaneSetting {
+    pub(crate) const CHOICES: [(&'static str, DataPlaneSetting); 3] = [
+        ("auto", DataPlaneSetting::Auto),
+        ("io_uring", DataPlaneSetting::IoUring),
+        ("epoll", DataPlaneSetting::Epoll),
+    ];
+
+    /// The environment variable that overrides the file's `data_plane` (a flag overrides both).
+    pub const ENV: &'static str = "SSSONECTOR_DATA_PLANE";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPlaneSetting::Auto => "auto",
+            DataPlaneSetting::IoUring => "io_uring",
+            DataPlaneSetting::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::str::FromStr for DataPlaneSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        DataPlaneSetting::CHOICES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("`{s}` is not a data plane; use auto, io_uring or epoll"))
     }
 }
 
