@@ -16,6 +16,14 @@ use support::*;
 
 /// Host networking: the proxy in the container reaches the test's upstream on loopback,
 /// and the test reaches the proxy the same way, on ports picked free.
+/// Containers of this file run one at a time: they all run as UID 65532, and the kernel
+/// charges io_uring's locked memory per user, so one container's rings would count
+/// against another's `--ulimit memlock=65536` (case (c)).
+fn one_container_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(cfg: &HostConfig, opts: &[&str]) -> Container {
     let mount = cfg.mount();
     let mut all = vec!["--network", "host", "-v", &mount];
@@ -65,6 +73,7 @@ fn data_plane_case(opts: &[&str], expect: Option<&str>) {
 
 #[test]
 fn traffic_through_the_container_is_byte_exact() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }
@@ -80,6 +89,7 @@ fn traffic_through_the_container_is_byte_exact() {
 
 #[test]
 fn docker_stop_drains_the_transfers_and_exits_zero() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }
@@ -118,6 +128,7 @@ fn docker_stop_drains_the_transfers_and_exits_zero() {
 
 #[test]
 fn the_healthcheck_turns_the_container_healthy() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }
@@ -151,6 +162,7 @@ fn the_healthcheck_turns_the_container_healthy() {
 
 #[test]
 fn the_image_runs_as_non_root_on_a_read_only_root_without_capabilities() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }
@@ -177,6 +189,7 @@ fn the_image_runs_as_non_root_on_a_read_only_root_without_capabilities() {
 /// (before Engine 25) and the kernel does; the epoll data plane otherwise.
 #[test]
 fn data_plane_under_dockers_default_profile() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }
@@ -192,6 +205,7 @@ fn data_plane_under_dockers_default_profile() {
 /// profile less those three): the proxy falls back to the epoll data plane.
 #[test]
 fn data_plane_falls_back_to_epoll_when_seccomp_refuses_io_uring() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }
@@ -206,12 +220,14 @@ fn data_plane_falls_back_to_epoll_when_seccomp_refuses_io_uring() {
 /// (the proxy warns and sends from unregistered ones), traffic still passes.
 #[test]
 fn data_plane_as_uid_65532_with_64k_memlock() {
+    let _one = one_container_at_a_time();
     data_plane_case(&["--user", "65532", "--ulimit", "memlock=65536"], None);
 }
 
 /// (d) No capability, read-only root file system.
 #[test]
 fn data_plane_without_capabilities_on_a_read_only_root() {
+    let _one = one_container_at_a_time();
     data_plane_case(&["--cap-drop", "ALL", "--read-only"], None);
 }
 
@@ -219,6 +235,7 @@ fn data_plane_without_capabilities_on_a_read_only_root() {
 /// runs (where the kernel allows io_uring).
 #[test]
 fn the_shipped_seccomp_profile_runs_the_io_uring_data_plane() {
+    let _one = one_container_at_a_time();
     if !daemon() {
         return;
     }

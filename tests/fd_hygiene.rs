@@ -37,7 +37,7 @@ fn sessions_and_shutdown_leave_no_fd_open() {
     eventually("upstreams hold the pools", || {
         echo.open() == 10 && resetter.open() == 10
     });
-    let baseline = settle_fds(open_fds());
+    let baseline = quiet_fds();
 
     // Clean close, half-close first, then many at once.
     for _ in 0..3 {

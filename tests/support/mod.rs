@@ -339,6 +339,19 @@ pub fn settle_fds(expected: usize) -> usize {
     }
 }
 
+/// This process's open fds once transient ones (a health probe, a pool dial in flight)
+/// are gone: the fewest seen over a second. A baseline taken in the middle of a probe
+/// round would otherwise count its sockets, and later checks would wait for them.
+pub fn quiet_fds() -> usize {
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            open_fds()
+        })
+        .min()
+        .unwrap_or_else(open_fds)
+}
+
 /// Open fds of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
