@@ -178,6 +178,11 @@ fn active(c: &mut Context<Mock>) -> (SessionId, RawFd, RawFd) {
     (id, client, upstream)
 }
 
+/// What the ops submitted so far say, in order, through `pick`.
+fn submitted<T>(c: &Context<Mock>, pick: impl Fn(&Sub) -> Option<T>) -> Vec<T> {
+    c.driver.subs.iter().filter_map(pick).collect()
+}
+
 fn recv_of(c: &Context<Mock>, fd: RawFd) -> u64 {
     c.driver
         .subs
@@ -194,30 +199,20 @@ fn recv_of(c: &Context<Mock>, fd: RawFd) -> u64 {
 fn a_failed_dial_tries_the_other_endpoint_at_once() {
     let mut c = context();
     c.accept_client(ListenerId(0), fake_fd());
-    let dials: Vec<(usize, u64)> = c
-        .driver
-        .subs
-        .iter()
-        .filter_map(|s| match *s {
-            Sub::Connect {
-                endpoint,
-                user_data,
-            } => Some((endpoint, user_data)),
-            _ => None,
-        })
-        .collect();
+    let dials: Vec<(usize, u64)> = submitted(&c, |s| match *s {
+        Sub::Connect {
+            endpoint,
+            user_data,
+        } => Some((endpoint, user_data)),
+        _ => None,
+    });
     assert_eq!(dials.len(), 1, "{:?}", c.driver.subs);
     let (first, user_data) = dials[0];
     complete(&mut c, user_data, -libc::ECONNREFUSED, None);
-    let retried: Vec<usize> = c
-        .driver
-        .subs
-        .iter()
-        .filter_map(|s| match *s {
-            Sub::Connect { endpoint, .. } => Some(endpoint),
-            _ => None,
-        })
-        .collect();
+    let retried: Vec<usize> = submitted(&c, |s| match *s {
+        Sub::Connect { endpoint, .. } => Some(endpoint),
+        _ => None,
+    });
     assert_eq!(retried.len(), 2, "{:?}", c.driver.subs);
     assert_ne!(retried[1], first, "the other endpoint is dialed next");
     assert!(
@@ -266,15 +261,10 @@ fn close_waits_for_every_op_in_flight() {
     let recvs = [recv_of(&c, client), recv_of(&c, upstream)];
     assert_eq!(c.table.get_mut(id).expect("session").ops, 2);
     c.begin_close(id, Close::Reset);
-    let cancels: Vec<u64> = c
-        .driver
-        .subs
-        .iter()
-        .filter_map(|s| match *s {
-            Sub::CancelFd { user_data, .. } => Some(user_data),
-            _ => None,
-        })
-        .collect();
+    let cancels: Vec<u64> = submitted(&c, |s| match *s {
+        Sub::CancelFd { user_data, .. } => Some(user_data),
+        _ => None,
+    });
     assert_eq!(cancels.len(), 2, "one cancel per fd");
     let mut left: Vec<u64> = cancels.into_iter().chain(recvs).collect();
     while let Some(user_data) = left.pop() {
