@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::Ordering;
 
-use super::{submit, Close, Context, EndpointId, Half, ListenerId, SessionId, State, Submit};
+use super::{submit, Close, Context, EndpointId, Half, ListenerId, Next, SessionId, State, Submit};
 use crate::deadline;
 use crate::driver::{sys, Driver};
 use crate::metrics::WorkerCounters;
@@ -129,13 +129,15 @@ impl<D: Driver> Context<D> {
         }
     }
 
-    pub(super) fn on_connect(&mut self, id: SessionId, res: i32) {
+    /// A dial completed: the session relays, the pool dial joins the pool, or the next
+    /// attempt starts; what it returns is for a dial that gave up.
+    pub(super) fn on_connect(&mut self, id: SessionId, res: i32) -> Next {
         let Some(s) = self.table.get_mut(id) else {
-            return;
+            return Next::Continue;
         };
         let state = s.state;
         if state != State::Connecting && state != State::PoolDial {
-            return;
+            return Next::Continue;
         }
         let ep = s.endpoint;
         let health = self.settings.health_enabled;
@@ -151,7 +153,7 @@ impl<D: Driver> Context<D> {
             } else {
                 self.activate(id);
             }
-            return;
+            return Next::Continue;
         }
         let addr = self.shared.endpoints.get(ep.index()).addr;
         if res == -libc::ECANCELED {
@@ -178,7 +180,7 @@ impl<D: Driver> Context<D> {
                 ep.index(),
                 deadline::after(self.now, self.settings.retry_interval),
             );
-            return self.begin_close(id, Close::Fin);
+            return Next::Close(Close::Fin);
         }
         // A client's dial: another healthy endpoint at once, the same one after
         // retry_interval, at most max_retries more attempts in all.
@@ -196,7 +198,7 @@ impl<D: Driver> Context<D> {
         if u32::from(s.retries) >= self.settings.max_retries.min(u32::from(u16::MAX)) {
             self.counters.connection_failures += 1;
             tracing::debug!(upstream = %addr, retries = s.retries, "upstream: giving up on the client after its retries");
-            return self.begin_close(id, Close::Fin);
+            return Next::Close(Close::Fin);
         }
         s.retries = s.retries.saturating_add(1);
         self.counters.connect_retries += 1;
@@ -213,6 +215,7 @@ impl<D: Driver> Context<D> {
             Some(next) => self.dial(id, EndpointId::new(next)),
             None => self.retry_later(id),
         }
+        Next::Continue
     }
 
     /// Every healthy endpoint failed this round: try again after `retry_interval`.

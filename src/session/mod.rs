@@ -263,10 +263,7 @@ impl<D: Driver> Context<D> {
         };
         completed(s, op, &c);
         let next = match op {
-            SessionOp::Connect => {
-                self.on_connect(id, c.res);
-                Next::Continue
-            }
+            SessionOp::Connect => self.on_connect(id, c.res),
             SessionOp::RetryTimer => {
                 if self.table.get_mut(id).map(|s| s.state) == Some(State::RetryWait) {
                     self.connect_client(id);
