@@ -52,7 +52,39 @@ fn warn_if_few_sessions_hold_the_pool(config: &Config, slots: usize) {
 
 /// Binds every listener, starts the workers (and the health prober), and returns once
 /// every worker is accepting.
+///
+/// With `data_plane: auto`, a worker that cannot set up the io_uring the plan sized (the
+/// kernel charges locked memory per user, so another process of the same user may hold
+/// part of the limit) makes the whole proxy start again on epoll, with a warning: all
+/// workers run one data plane, and a start fails only when no data plane can run.
 pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
+    let plan = plan_for(&config)?;
+    let auto = config.data_plane == crate::config::DataPlaneSetting::Auto;
+    if !auto || plan.data_plane == crate::driver::DataPlane::Epoll {
+        return start_planned(config, plan);
+    }
+    match start_planned(config.clone(), plan) {
+        Err(ProxyError::UringUnavailable(why)) => {
+            let workers = config.workers.resolve();
+            let b = &config.connection.buffer;
+            let slots = b.max_pool_size.div_ceil(workers).max(1);
+            let mut epoll = crate::driver::select::plan(
+                crate::config::DataPlaneSetting::Epoll,
+                workers,
+                slots,
+                b.size,
+            )?;
+            epoll.fallback = Some(format!(
+                "io_uring could not be set up after all, so the epoll data plane runs \
+                 instead. Cause: {why}"
+            ));
+            start_planned(config, epoll)
+        }
+        other => other,
+    }
+}
+
+fn start_planned(config: Config, plan: crate::driver::Plan) -> Result<ProxyHandle, ProxyError> {
     let workers = config.workers.resolve();
     let conn = &config.connection;
     let slots = conn.buffer.max_pool_size.div_ceil(workers).max(1);
@@ -77,7 +109,6 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     }
 
     warn_if_few_sessions_hold_the_pool(&config, slots);
-    let plan = plan_for(&config)?;
     if let Some(why) = &plan.fallback {
         tracing::warn!("{why}");
     }
@@ -115,7 +146,6 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         for per_worker in sockets.iter_mut().skip(1) {
             per_worker.push(sys::reuseport_listener(&actual, 4096).map_err(bind_err)?);
         }
-        tracing::info!(listener = %l.name, addr = %actual, upstreams = ?l.upstreams, "listening");
         listen_addrs.push((l.name.clone(), actual));
     }
 
@@ -194,7 +224,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
         view: ProxyView {
             shared: shared.clone(),
             published,
-            listeners: listen_addrs,
+            listeners: listen_addrs.clone(),
             data_plane: plan.data_plane,
         },
         admin: None,
@@ -210,6 +240,10 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
             }
             Err(_) => break,
         }
+    }
+    // Said once every worker accepts: a start that steps down to epoll says it once.
+    for (l, (_, addr)) in config.listeners.iter().zip(&listen_addrs) {
+        tracing::info!(listener = %l.name, addr = %addr, upstreams = ?l.upstreams, "listening");
     }
     // A control thread that cannot start stops the workers already running: a proxy
     // without its pool keeper or prober is not the one configured. Both always run: a

@@ -251,3 +251,33 @@ fn an_explicit_io_uring_that_cannot_run_exits_1() {
     assert!(why.contains("io_uring is unavailable"), "{why}");
     assert!(why.contains("is 8192 bytes"), "{why}");
 }
+
+/// Locked memory is charged per user, across processes: with another proxy of the same
+/// user holding part of the limit, a plan that fits the limit alone does not fit what
+/// is left. The start steps down to epoll (at the probe, or once a worker is refused)
+/// and serves, instead of exiting.
+#[test]
+fn another_process_of_the_user_holding_the_limit_steps_down_to_epoll() {
+    let Some(mut first) = run(49152, As::User(61010), "1") else {
+        return;
+    };
+    let plane = first
+        .line("data plane:")
+        .expect("the first proxy's data plane");
+    assert!(plane.contains("data plane: io_uring"), "{plane}");
+    let Some(mut second) = run(65536, As::User(61010), "2") else {
+        return;
+    };
+    let plane = second
+        .line("data plane: epoll")
+        .expect("the second steps down");
+    assert!(plane.contains("INFO"), "{plane}");
+    let why = second
+        .line("the epoll data plane runs instead")
+        .expect("one warning says why");
+    assert!(
+        why.contains("RLIMIT_MEMLOCK") || why.contains("memlock"),
+        "the cause is the locked-memory limit: {why}"
+    );
+    drop(first);
+}

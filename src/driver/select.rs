@@ -106,6 +106,9 @@ pub const RING_ENTRIES: u32 = 4096;
 /// The smallest submission queue worth running; the worker's backlog holds what waits.
 const MIN_SQ_ENTRIES: u32 = 64;
 const PAGE: u64 = 4096;
+/// What the start-up probe charges: an 8-entry ring (two pages) and a one-entry
+/// provided ring (one page).
+const PROBE_CHARGE: u64 = 3 * PAGE;
 /// The smallest provided ring: one page of entries.
 const MIN_RING_ENTRIES: usize = (PAGE / 16) as usize;
 
@@ -178,7 +181,8 @@ pub fn memlock_step(
     slot_size: usize,
 ) -> Option<UringSetup> {
     let w = workers.max(1) as u64;
-    let fits = |s: UringSetup| memlock.allows(w * charged_per_worker(s, slots, slot_size));
+    // A page of room per worker beyond the model, which is exact for the rings alone.
+    let fits = |s: UringSetup| memlock.allows(w * (charged_per_worker(s, slots, slot_size) + PAGE));
     let full_ring = slots.next_power_of_two().max(1);
     let full = UringSetup {
         sq_entries: RING_ENTRIES,
@@ -258,7 +262,13 @@ pub fn plan(
         fixed: true,
     };
     let needed = workers as u64 * charged_per_worker(best, slots, slot_size);
-    let Some(setup) = memlock_step(memlock, workers, slots, slot_size) else {
+    // The probe's ring is freed by the kernel in the background: its charge may still
+    // count when the workers set up theirs, so the plan leaves room for it.
+    let budget = match memlock {
+        Memlock::Bytes(n) => Memlock::Bytes(n.saturating_sub(PROBE_CHARGE)),
+        unlimited => unlimited,
+    };
+    let Some(setup) = memlock_step(budget, workers, slots, slot_size) else {
         let smallest = UringSetup {
             sq_entries: MIN_SQ_ENTRIES,
             ring_entries: MIN_RING_ENTRIES.min(best.ring_entries),
@@ -268,7 +278,7 @@ pub fn plan(
             "the locked-memory limit (RLIMIT_MEMLOCK) is {memlock}, less than the {} bytes \
              {workers} workers need for the smallest rings ({needed} bytes for the full \
              setup). Fix: {fix}",
-            workers as u64 * charged_per_worker(smallest, slots, slot_size)
+            workers as u64 * (charged_per_worker(smallest, slots, slot_size) + PAGE) + PROBE_CHARGE
         ));
     };
     if let Err(e) = uring::probe_kernel() {
