@@ -80,6 +80,18 @@ fn build_ring_of(entries: u32) -> io::Result<(IoUring, RingFlavor)> {
 /// feature the data plane needs: a small ring, its opcode probe, and a provided-buffer
 /// ring of one entry. Says why not, in one sentence with the fix.
 pub fn probe_kernel() -> Result<(), String> {
+    // On a thread of its own: a ring's teardown may notify the task that made it
+    // (task work), which interrupts that thread's next blocking call with EINTR; the
+    // caller of `start` (a test, an embedding program) must not get that.
+    std::thread::Builder::new()
+        .name("sssonector-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot spawn the io_uring probe thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+}
+
+fn probe_here() -> Result<(), String> {
     let (ring, _) = build_ring_of(8).map_err(why_unavailable)?;
     probe_opcodes(&ring)?;
     let map = crate::buffer::probe_buf_ring(&ring.submitter());
