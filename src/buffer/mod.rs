@@ -10,7 +10,7 @@
 //! is free again only when its last reference is released.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
@@ -21,7 +21,7 @@ pub const BUFFER_GROUP: u16 = 0;
 /// The kernel's limit on provided-ring entries, and so on slots per worker.
 pub const MAX_SLOTS: usize = 32768;
 /// The kernel's limit on registered fixed buffers (`UIO_MAXIOV`-sized table).
-const MAX_FIXED: usize = 16384;
+pub const MAX_FIXED: usize = 16384;
 
 /// Of a worker's `count` slots, how many directions that already hold a slot may not
 /// take: half. A receive of a direction that holds slots is armed only while the free
@@ -42,6 +42,15 @@ pub fn directions_to_exhaust(count: usize, max_in_flight: usize) -> usize {
     reserve(count).max(count.div_ceil(max_in_flight.max(1)))
 }
 
+/// Why a worker's slots stayed unregistered although the plan asked for it.
+#[derive(Debug)]
+pub enum Unregistered {
+    /// More slots than io_uring can register as fixed buffers.
+    TooMany(usize),
+    /// The kernel refused them (usually `RLIMIT_MEMLOCK`): `bytes` would have been pinned.
+    Refused { bytes: usize, error: io::Error },
+}
+
 /// Whether fixed-buffer registration worked; decided per worker, warned about once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -50,8 +59,6 @@ pub enum Registration {
     /// ring, sends use plain `send`.
     Unregistered,
 }
-
-static MEMLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// No slot: the end of a queue.
 const NONE: u16 = u16::MAX;
@@ -231,18 +238,24 @@ impl BufferRegistry {
         })
     }
 
-    /// Registers the region as fixed buffers when `fixed` (falling back when memlock
-    /// forbids it after all) and a provided ring of `ring_entries` (a power of two, at
-    /// most the slot count rounded up), then publishes as many free slots as it holds.
+    /// Registers the region as fixed buffers when `fixed` and a provided ring of
+    /// `ring_entries` (a power of two, at most the slot count rounded up), then publishes
+    /// as many free slots as it holds. Returns why the slots stayed unregistered when
+    /// `fixed` was asked for and refused (the driver says so, with the limit it knows).
     pub fn register(
         &mut self,
         submitter: &Submitter<'_>,
         fixed: bool,
         ring_entries: usize,
-    ) -> io::Result<Registration> {
+    ) -> io::Result<Option<Unregistered>> {
         debug_assert!(ring_entries.is_power_of_two() && ring_entries <= 32768);
-        self.registration = if fixed {
-            self.register_fixed(submitter)
+        let refused = if fixed {
+            self.register_fixed(submitter).err()
+        } else {
+            None
+        };
+        self.registration = if fixed && refused.is_none() {
+            Registration::Registered
         } else {
             Registration::Unregistered
         };
@@ -267,7 +280,7 @@ impl BufferRegistry {
             in_ring: 0,
         };
         self.top_up_ring();
-        Ok(self.registration)
+        Ok(refused)
     }
 
     /// Moves free slots into the provided ring while it has room.
@@ -299,18 +312,9 @@ impl BufferRegistry {
         self.free.push(slot);
     }
 
-    /// Whether the kernel (or the epoll driver) has a free slot to give a receive.
-    pub fn has_free(&self) -> bool {
-        self.in_use < self.count
-    }
-
-    fn register_fixed(&self, submitter: &Submitter<'_>) -> Registration {
+    fn register_fixed(&self, submitter: &Submitter<'_>) -> Result<(), Unregistered> {
         if self.count > MAX_FIXED {
-            warn_once(format_args!(
-                "{} buffer slots per worker exceed the {MAX_FIXED} fixed buffers io_uring can register; sending with plain send",
-                self.count
-            ));
-            return Registration::Unregistered;
+            return Err(Unregistered::TooMany(self.count));
         }
         let iovecs: Vec<libc::iovec> = (0..self.count)
             .map(|i| libc::iovec {
@@ -320,19 +324,10 @@ impl BufferRegistry {
             })
             .collect();
         // SAFETY: every iovec points into the region, which outlives the ring.
-        match unsafe { submitter.register_buffers(&iovecs) } {
-            Ok(()) => Registration::Registered,
-            Err(e) => {
-                let needed = self.count * self.slot_size;
-                let limit = memlock_limit();
-                warn_once(format_args!(
-                    "cannot register {needed} bytes of buffers with io_uring ({e}); the locked-memory limit (RLIMIT_MEMLOCK) is {limit}. \
-                     Running with unregistered buffers and plain sends. Fix: raise RLIMIT_MEMLOCK \
-                     (`ulimit -l unlimited`, Docker `--ulimit memlock=-1`) or grant CAP_IPC_LOCK"
-                ));
-                Registration::Unregistered
-            }
-        }
+        unsafe { submitter.register_buffers(&iovecs) }.map_err(|e| Unregistered::Refused {
+            bytes: self.count * self.slot_size,
+            error: e,
+        })
     }
 
     pub fn registration(&self) -> Registration {
@@ -521,24 +516,6 @@ impl BufferRegistry {
     }
 }
 
-/// `RLIMIT_MEMLOCK` in words, for the warning (the registry's own reading: it depends on
-/// no other module).
-fn memlock_limit() -> String {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return "unknown".into();
-    }
-    if lim.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{} bytes", lim.rlim_cur)
-    }
-}
-
 /// Registers (and at once unregisters) a provided-buffer ring of one entry: whether this
 /// kernel and process may use them at all.
 pub(crate) fn probe_buf_ring(submitter: &Submitter<'_>) -> io::Result<()> {
@@ -556,12 +533,6 @@ pub(crate) fn probe_buf_ring(submitter: &Submitter<'_>) -> io::Result<()> {
 const PROBE_RING_BYTES: usize = 4096;
 /// A group id no worker uses.
 const PROBE_GROUP: u16 = 0xfffe;
-
-fn warn_once(msg: std::fmt::Arguments<'_>) {
-    if !MEMLOCK_WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!("{msg}");
-    }
-}
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,28 @@ struct MsgBuf {
     iov: [libc::iovec; MAX_IOV],
 }
 
+/// Says once per process why slots run unregistered (every worker would say the same).
+fn warn_unregistered(why: &crate::buffer::Unregistered) {
+    use crate::buffer::{Unregistered, MAX_FIXED};
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    match why {
+        Unregistered::TooMany(count) => tracing::warn!(
+            "{count} buffer slots per worker exceed the {MAX_FIXED} fixed buffers io_uring can \
+             register; sending with plain send"
+        ),
+        Unregistered::Refused { bytes, error } => tracing::warn!(
+            "cannot register {bytes} bytes of buffers with io_uring ({error}); the \
+             locked-memory limit (RLIMIT_MEMLOCK) is {}. Running with unregistered buffers \
+             and plain sends. Fix: raise RLIMIT_MEMLOCK (`ulimit -l unlimited`, Docker \
+             `--ulimit memlock=-1`) or grant CAP_IPC_LOCK",
+            crate::driver::select::Memlock::current()
+        ),
+    }
+}
+
 /// Backlog entries whose room is kept once the backlog has drained.
 const BACKLOG_KEPT: usize = 64;
 
@@ -112,8 +134,13 @@ impl Ring {
         fixed: bool,
         ring_entries: usize,
     ) -> io::Result<crate::buffer::Registration> {
-        self.buffers
-            .register(&self.ring.submitter(), fixed, ring_entries)
+        let refused = self
+            .buffers
+            .register(&self.ring.submitter(), fixed, ring_entries)?;
+        if let Some(why) = refused {
+            warn_unregistered(&why);
+        }
+        Ok(self.buffers.registration())
     }
 
     /// Queues one entry; when the submission queue is full it waits in the backlog.
