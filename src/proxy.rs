@@ -65,15 +65,7 @@ pub fn start(config: Config) -> Result<ProxyHandle, ProxyError> {
     }
     match start_planned(config.clone(), plan) {
         Err(ProxyError::UringUnavailable(why)) => {
-            let workers = config.workers.resolve();
-            let b = &config.connection.buffer;
-            let slots = b.max_pool_size.div_ceil(workers).max(1);
-            let mut epoll = crate::driver::select::plan(
-                crate::config::DataPlaneSetting::Epoll,
-                workers,
-                slots,
-                b.size,
-            )?;
+            let mut epoll = plan_with(&config, crate::config::DataPlaneSetting::Epoll)?;
             epoll.fallback = Some(format!(
                 "io_uring could not be set up after all, so the epoll data plane runs \
                  instead. Cause: {why}"
@@ -388,9 +380,17 @@ impl ShutdownTrigger {
 
 /// The data plane `config` would run on here, and how: what `check` prints and `start`
 /// logs. Probes io_uring; an explicit `data_plane: io_uring` that cannot run is an error.
-pub fn plan_for(config: &crate::Config) -> Result<crate::driver::Plan, crate::ProxyError> {
+pub fn plan_for(config: &Config) -> Result<crate::driver::Plan, ProxyError> {
+    plan_with(config, config.data_plane)
+}
+
+/// The plan for `config`'s workers and buffers under `setting`.
+fn plan_with(
+    config: &Config,
+    setting: crate::config::DataPlaneSetting,
+) -> Result<crate::driver::Plan, ProxyError> {
     let workers = config.workers.resolve();
     let b = &config.connection.buffer;
     let slots = b.max_pool_size.div_ceil(workers).max(1);
-    crate::driver::select::plan(config.data_plane, workers, slots, b.size)
+    crate::driver::select::plan(setting, workers, slots, b.size)
 }
