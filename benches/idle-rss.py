@@ -6,6 +6,10 @@ idle measurement, the sessions exchange no byte, and the reading waits for the s
 
     python3 benches/idle-rss.py target/release/sssonector            # this build
     python3 benches/idle-rss.py /path/to/old/sssonector --legacy     # a build before --admin-listen
+    SSSONECTOR_DATA_PLANE=epoll python3 benches/idle-rss.py target/release/sssonector
+
+It prints the proxy's whole RSS before and after too: on io_uring the registered buffer
+region is resident from the start, on epoll a slot's page only once data lands in it.
 """
 import resource
 import socket
@@ -71,7 +75,8 @@ def main():
         drain()
         after = rss_kib()
         print(f"{binary}: {(after - before) * 1024 / SESSIONS:.0f} B per idle session "
-              f"({SESSIONS} sessions, {len(accepted)} upstream connections)")
+              f"({SESSIONS} sessions, {len(accepted)} upstream connections); "
+              f"RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after")
     finally:
         proxy.kill()
 
