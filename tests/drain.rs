@@ -10,20 +10,24 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+/// One listener `web` in front of `upstream`, the admin server on a free port, and the
+/// drain's two durations.
+fn web_config(upstream: SocketAddr, workers: usize, drain_delay: &str, grace: &str) -> String {
+    format!(
+        "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{upstream}]\n\
+         workers: {workers}\n\
+         connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
+         shutdown:\n  drain_delay: {drain_delay}\n  grace_period: {grace}\n"
+    )
+}
+
 #[test]
 fn sigterm_drains_transfers_in_flight_and_exits_0() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
     let grace = Duration::from_secs(20);
     let mut proxy = BinaryProxy::start(
-        &format!(
-            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
-             workers: 2\n\
-             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
-             shutdown:\n  drain_delay: 1s\n  grace_period: {}s\n",
-            echo.addr,
-            grace.as_secs()
-        ),
+        &web_config(echo.addr, 2, "1s", &format!("{}s", grace.as_secs())),
         dir.path(),
     );
     let addr = proxy.addr_from_log("listening listener=web");
@@ -84,16 +88,7 @@ fn sigterm_drains_transfers_in_flight_and_exits_0() {
 fn a_second_sigterm_stops_at_once() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proxy = BinaryProxy::start(
-        &format!(
-            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
-             workers: 1\n\
-             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
-             shutdown:\n  drain_delay: 30s\n  grace_period: 30s\n",
-            echo.addr
-        ),
-        dir.path(),
-    );
+    let mut proxy = BinaryProxy::start(&web_config(echo.addr, 1, "30s", "30s"), dir.path());
     let addr = proxy.addr_from_log("listening listener=web");
     let mut idle = TcpStream::connect(addr).expect("connect");
     idle.set_read_timeout(Some(Duration::from_secs(10)))
@@ -117,13 +112,7 @@ fn json_logs_with_one_debug_line_per_session_close() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut proxy = BinaryProxy::start_with(
-        &format!(
-            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
-             workers: 1\n\
-             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
-             shutdown:\n  drain_delay: 0s\n  grace_period: 5s\n",
-            echo.addr
-        ),
+        &web_config(echo.addr, 1, "0s", "5s"),
         dir.path(),
         &["--log-format", "json"],
         "sssonector=debug",
@@ -171,16 +160,7 @@ fn json_logs_with_one_debug_line_per_session_close() {
 fn sessions_left_after_the_grace_period_are_closed_and_the_exit_is_0() {
     let echo = Upstream::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proxy = BinaryProxy::start(
-        &format!(
-            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{}]\n\
-             workers: 1\n\
-             connection:\n  monitoring:\n    listen: 127.0.0.1:0\n\
-             shutdown:\n  drain_delay: 0s\n  grace_period: 1s\n",
-            echo.addr
-        ),
-        dir.path(),
-    );
+    let mut proxy = BinaryProxy::start(&web_config(echo.addr, 1, "0s", "1s"), dir.path());
     let addr = proxy.addr_from_log("listening listener=web");
     // A session that never ends on its own.
     let mut held = TcpStream::connect(addr).expect("connect");
