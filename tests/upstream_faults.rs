@@ -105,8 +105,13 @@ fn an_upstream_that_accepts_then_resets_closes_the_client() {
     let proxy = start_proxy_with(&[&[up.addr]], 1, HOSTILE);
     let base = Baseline::record(&proxy);
     for _ in 0..5 {
-        let mut c = connect_timed(proxy.addr()).expect("connect");
-        assert_closed_empty(&mut c, "accept then RST");
+        // The proxy passes the upstream's reset on at once: it may reach the client
+        // before the connect has been confirmed, which then reports the reset itself.
+        match connect_timed(proxy.addr()) {
+            Ok(mut c) => assert_closed_empty(&mut c, "accept then RST"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connect: {e}"),
+        }
     }
     proxy.wait_for("5 sessions closed", |s| {
         s.total.sessions_closed == 5 && s.total.sessions_active == 0
